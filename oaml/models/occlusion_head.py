@@ -1,0 +1,48 @@
+"""Occlusion head: predicts a per-location visibility map from the backbone's feature map.
+
+The map (1 = visible, 0 = occluded) has the feature map's spatial size (7x7 at 112x112 input). It is trained
+against downsampled occluder masks and weights QAConv's local correlations, so occluded locations count less
+when two faces are matched (the occlusion-aware matching idea of FROM, Qiu et al., TPAMI 2021, applied to
+QAConv, Liao & Shao, ECCV 2020).
+
+Kept deliberately small (one 3x3 conv, BN, ReLU, one 1x1 conv): the map is coarse and the head must not add
+noticeably to the backbone's cost.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+
+
+class OcclusionHead(nn.Module):
+    """conv3x3(C->hidden, no bias) -> BN -> ReLU -> conv1x1(hidden->1, bias) -> sigmoid.
+
+    Input: feature maps [B, C, h, w]. Output: visibility [B, 1, h, w] in [0, 1].
+    590,209 parameters at C=512, hidden=128.
+    """
+
+    def __init__(self, in_channels: int, hidden_channels: int = 128) -> None:
+        super().__init__()
+        if in_channels < 1 or hidden_channels < 1:
+            raise ValueError(
+                f"OcclusionHead needs in_channels >= 1 and hidden_channels >= 1, "
+                f"got in_channels={in_channels}, hidden_channels={hidden_channels}"
+            )
+        self.in_channels = in_channels
+        self.hidden_channels = hidden_channels
+        self.conv1 = nn.Conv2d(in_channels, hidden_channels, kernel_size=3, padding=1, bias=False)
+        self.bn = nn.BatchNorm2d(hidden_channels)
+        self.relu = nn.ReLU(inplace=True)
+        self.conv2 = nn.Conv2d(hidden_channels, 1, kernel_size=1, bias=True)
+
+    def logits(self, features: Tensor) -> Tensor:
+        """Pre-sigmoid visibility [B, 1, h, w] (for a numerically stable BCE loss, should one be wanted)."""
+        if features.dim() != 4 or features.shape[1] != self.in_channels:
+            raise ValueError(
+                f"OcclusionHead expects feature maps [B, {self.in_channels}, h, w], got {tuple(features.shape)}"
+            )
+        return self.conv2(self.relu(self.bn(self.conv1(features))))
+
+    def forward(self, features: Tensor) -> Tensor:
+        return torch.sigmoid(self.logits(features))

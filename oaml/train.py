@@ -1,0 +1,61 @@
+"""Training entry point: ``python -m oaml.train [group=option ...] [key=value ...]`` (also ``oaml-train``).
+
+Compose, instantiate, fit, report. The body is a plain function of the config (``train``) so tests can run
+it in-process; everything a run produces goes into Hydra's fresh run directory.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import hydra
+import lightning.pytorch as pl
+from hydra.core.hydra_config import HydraConfig
+from hydra.utils import instantiate
+from omegaconf import DictConfig, OmegaConf
+
+from oaml.training.build import build_model
+from oaml.training.report import print_metrics_table, write_metrics_json
+from oaml.training.run_dir import claim_run_dir
+
+
+def train(cfg: DictConfig) -> dict[str, float]:
+    """Train as ``cfg`` says; return the final validation metrics (also written to ``metrics.json``)."""
+    run_dir = claim_run_dir(Path(HydraConfig.get().runtime.output_dir))
+    pl.seed_everything(cfg.seed, workers=True)
+
+    datamodule = instantiate(cfg.data, val_sets=instantiate(cfg.val.sets))
+    model = build_model(cfg, num_classes=datamodule.num_classes, val_set_names=datamodule.val_set_names)
+
+    callbacks = [instantiate(c) for c in cfg.callbacks.values() if c is not None]
+    trainer: pl.Trainer = instantiate(
+        cfg.trainer, logger=instantiate(cfg.logger), callbacks=callbacks, default_root_dir=str(run_dir)
+    )
+    trainer.fit(model, datamodule=datamodule, ckpt_path=cfg.ckpt_path)
+
+    metrics = final_metrics(trainer)
+    if trainer.is_global_zero:
+        write_metrics_json(metrics, run_dir / "metrics.json")
+        if cfg.print_metrics:
+            print_metrics_table(metrics, title=f"Validation after {trainer.global_step} steps: {run_dir}")
+    return metrics
+
+
+def final_metrics(trainer: pl.Trainer) -> dict[str, float]:
+    """The last logged validation and training values, as plain floats."""
+    metrics: dict[str, float] = {}
+    for key, value in trainer.callback_metrics.items():
+        if key.startswith(("val/", "train/")):
+            metrics[key] = float(value)
+    return dict(sorted(metrics.items()))
+
+
+@hydra.main(version_base="1.3", config_path="../conf", config_name="train")
+def main(cfg: DictConfig) -> Any:
+    metrics = train(cfg)
+    return metrics.get(OmegaConf.select(cfg, "callbacks.model_checkpoint.monitor") or "", None)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,189 @@
+"""The LightningModule: one backbone pass, three losses, pair-level validation.
+
+It owns no data logic and no metric formulas: batches come from ``oaml.data``, scores from
+``oaml.evaluation.scoring``, numbers from ``oaml.evaluation.metrics``. What it adds is the wiring and the
+two gradient-isolation switches that decide which loss shapes which weights:
+
+- ``occlusion.detach_features`` (in the backbone): the OcclusionHead reads detached features, so the MSE on
+  visibility trains the head only and cannot bend the recognition features toward mask prediction;
+- ``detach_visibility``: the predicted visibility is detached before it weights QAConv, so the matching loss
+  cannot lower its own value by declaring hard regions "hidden".
+
+QAConv's loss does reach the backbone: the feature maps it matches are not detached (the predecessor's were).
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
+
+import lightning.pytorch as pl
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from oaml.evaluation.metrics import verification_report, visibility_report
+from oaml.evaluation.scoring import SCORE_NAMES, embed_faces, score_pairs, split_pairs
+from oaml.losses.occlusion import downsample_visibility
+from oaml.training.gather import gather_by_index
+
+LOSS_NAMES = ("adaface", "qaconv", "occlusion")
+
+
+def split_weight_decay(modules: Sequence[nn.Module]) -> tuple[list[nn.Parameter], list[nn.Parameter]]:
+    """(decayed, not decayed) parameters: AdaFace's recipe exempts BatchNorm parameters from weight decay."""
+    decay, no_decay, seen = [], [], set()
+    for module in modules:
+        for sub in module.modules():
+            exempt = isinstance(sub, nn.modules.batchnorm._BatchNorm)
+            for param in sub.parameters(recurse=False):
+                if id(param) in seen or not param.requires_grad:
+                    continue
+                seen.add(id(param))
+                (no_decay if exempt else decay).append(param)
+    return decay, no_decay
+
+
+class OAMLModule(pl.LightningModule):
+    def __init__(
+        self,
+        backbone: nn.Module,
+        margin_head: nn.Module,
+        matcher: nn.Module,
+        matching_loss: nn.Module,
+        occlusion_loss: nn.Module,
+        loss_weights: Mapping[str, float],
+        optimizer: Callable[..., torch.optim.Optimizer],
+        lr_scheduler: Callable[..., Any] | None = None,
+        scheduler_interval: str = "epoch",
+        head_lr: float | None = None,
+        detach_visibility: bool = True,
+        fusion: Mapping[str, float] | None = None,
+        val_set_names: Sequence[str] = (),
+        checkpoint_info: Mapping[str, Any] | None = None,
+    ) -> None:
+        super().__init__()
+        unknown = set(loss_weights) - set(LOSS_NAMES)
+        if unknown:
+            raise ValueError(f"unknown loss weight(s) {sorted(unknown)}; the loss.* weights are {LOSS_NAMES}")
+        self.backbone = backbone
+        self.margin_head = margin_head
+        self.matcher = matcher
+        self.matching_loss = matching_loss
+        self.occlusion_loss = occlusion_loss
+        self.loss_weights = {name: float(loss_weights.get(name, 0.0)) for name in LOSS_NAMES}
+        self.optimizer_factory = optimizer
+        self.scheduler_factory = lr_scheduler
+        self.scheduler_interval = scheduler_interval
+        self.head_lr = head_lr
+        self.detach_visibility = detach_visibility
+        self.fusion = dict(fusion or {"adaface": 0.5, "qaconv": 0.5})
+        self.val_set_names = list(val_set_names)
+        self.checkpoint_info = dict(checkpoint_info or {})
+        self._val_outputs: dict[int, dict[str, list[Tensor]]] = {}
+        self.final_metrics: dict[str, float] = {}
+
+    # ----------------------------------------------------------------------------------------- training
+    def training_step(self, batch: Sequence[Tensor], batch_idx: int) -> Tensor:
+        images, labels, visibility = batch[:3]
+        embedding, norm, predicted_visibility, feature_maps = self.backbone(images, return_occlusion=True)
+
+        logits = self.margin_head(embedding, norm, labels)
+        loss_adaface = F.cross_entropy(logits, labels)
+
+        qaconv_visibility = predicted_visibility.detach() if self.detach_visibility else predicted_visibility
+        scores = self.matcher(feature_maps, prob_occ=qaconv_visibility, gal_occ=qaconv_visibility)
+        loss_qaconv, matching_acc = self.matching_loss(scores, labels)
+
+        target = downsample_visibility(visibility, tuple(predicted_visibility.shape[-2:]))
+        loss_occlusion = self.occlusion_loss(predicted_visibility, target)
+
+        losses = {"adaface": loss_adaface, "qaconv": loss_qaconv, "occlusion": loss_occlusion}
+        total = sum(self.loss_weights[name] * value for name, value in losses.items())
+        if not torch.isfinite(total):
+            raise FloatingPointError(
+                f"training loss is not finite at step {self.global_step}: "
+                + ", ".join(f"{k}={v.item():.4g}" for k, v in losses.items())
+                + " (lower optimizer.lr or enable trainer.gradient_clip_val)"
+            )
+        batch_size = images.shape[0]
+        for name, value in losses.items():
+            self.log(f"train/loss_{name}", value, batch_size=batch_size)
+        self.log("train/loss", total, prog_bar=True, batch_size=batch_size)
+        self.log("train/matching_acc", matching_acc, prog_bar=True, batch_size=batch_size)
+        self.log("train/feature_norm", norm.mean(), batch_size=batch_size)
+        return total
+
+    def configure_optimizers(self) -> Any:
+        body = [self.backbone]
+        heads = [self.margin_head, self.matcher]
+        if self.head_lr is None:
+            decay, no_decay = split_weight_decay(body + heads)
+            groups = [{"params": decay}, {"params": no_decay, "weight_decay": 0.0}]
+        else:
+            body_decay, body_no_decay = split_weight_decay(body)
+            head_decay, head_no_decay = split_weight_decay(heads)
+            groups = [
+                {"params": body_decay},
+                {"params": body_no_decay, "weight_decay": 0.0},
+                {"params": head_decay, "lr": self.head_lr},
+                {"params": head_no_decay, "weight_decay": 0.0, "lr": self.head_lr},
+            ]
+        optimizer = self.optimizer_factory(params=[g for g in groups if g["params"]])
+        if self.scheduler_factory is None:
+            return optimizer
+        scheduler = self.scheduler_factory(optimizer=optimizer)
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": self.scheduler_interval}}
+
+    # --------------------------------------------------------------------------------------- validation
+    def on_validation_epoch_start(self) -> None:
+        self._val_outputs = defaultdict(lambda: defaultdict(list))
+
+    def validation_step(self, batch: Sequence[Tensor], batch_idx: int, dataloader_idx: int = 0) -> None:
+        images, visibility, pair_index, issame = batch
+        features = embed_faces(self.backbone, images)
+        first, second = split_pairs(features)
+        scores = score_pairs(first, second, self.matcher, self.fusion)
+        target = downsample_visibility(visibility, tuple(features.visibility.shape[-2:]))
+        out = self._val_outputs[dataloader_idx]
+        out["pair_index"].append(pair_index[0::2])
+        out["issame"].append(issame[0::2].long())
+        for name, value in scores.items():
+            out[name].append(value.float())
+        # Per image, flattened visibility maps (a few floats each): first image of each pair, then second.
+        out["predicted_first"].append(features.visibility[0::2].flatten(1))
+        out["predicted_second"].append(features.visibility[1::2].flatten(1))
+        out["target_first"].append(target[0::2].flatten(1))
+        out["target_second"].append(target[1::2].flatten(1))
+
+    def on_validation_epoch_end(self) -> None:
+        for loader_idx, name in enumerate(self.val_set_names):
+            outputs = self._val_outputs.get(loader_idx)
+            if not outputs:
+                continue
+            stacked = {key: torch.cat(values) for key, values in outputs.items()}
+            _, gathered = gather_by_index(stacked.pop("pair_index"), stacked)
+            metrics = self._set_metrics({k: v.detach().cpu().numpy() for k, v in gathered.items()})
+            for key, value in metrics.items():
+                self.log(f"val/{name}/{key}", value, add_dataloader_idx=False)
+        self._val_outputs = {}
+
+    @staticmethod
+    def _set_metrics(arrays: dict[str, np.ndarray]) -> dict[str, float]:
+        issame = arrays["issame"].astype(bool)
+        metrics: dict[str, float] = {}
+        for score in SCORE_NAMES:
+            for key, value in verification_report(arrays[score], issame).items():
+                metrics[f"{score}_{key}"] = value
+        predicted = np.concatenate([arrays["predicted_first"], arrays["predicted_second"]])
+        target = np.concatenate([arrays["target_first"], arrays["target_second"]])
+        occluded = (target < 1.0).any(axis=1)
+        metrics.update(visibility_report(predicted, target, occluded))
+        return metrics
+
+    # -------------------------------------------------------------------------------------- checkpoints
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        """Store what is needed to rebuild the backbone without the training config (export, evaluate)."""
+        checkpoint["oaml"] = dict(self.checkpoint_info)

@@ -1,0 +1,101 @@
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from oaml.evaluation.metrics import (
+    best_threshold,
+    equal_error_rate,
+    kfold_accuracy,
+    tar_at_far,
+    verification_report,
+    visibility_report,
+)
+
+
+def test_best_threshold_separates_a_separable_set() -> None:
+    scores = np.array([0.1, 0.2, 0.3, 0.7, 0.8, 0.9])
+    issame = np.array([0, 0, 0, 1, 1, 1], dtype=bool)
+    threshold, acc = best_threshold(scores, issame)
+    assert acc == 1.0
+    assert 0.3 < threshold < 0.7
+
+
+def test_best_threshold_never_splits_tied_scores() -> None:
+    # Equal scores with different labels: no threshold can get both right.
+    scores = np.array([0.5, 0.5, 0.9])
+    issame = np.array([0, 1, 1], dtype=bool)
+    threshold, acc = best_threshold(scores, issame)
+    assert acc == pytest.approx(2 / 3)
+    assert ((scores >= threshold) == issame).mean() == pytest.approx(acc)
+
+
+def test_best_threshold_matches_brute_force() -> None:
+    rng = np.random.default_rng(0)
+    scores = np.round(rng.normal(size=300), 1)  # many ties
+    issame = rng.random(300) < scores.clip(-2, 2) / 4 + 0.5
+    _, acc = best_threshold(scores, issame)
+    candidates = np.concatenate([[scores.min() - 1], np.unique(scores), [scores.max() + 1]])
+    brute = max(((scores >= t) == issame).mean() for t in candidates)
+    assert acc == pytest.approx(brute)
+
+
+def test_kfold_uses_contiguous_folds_and_held_out_thresholds() -> None:
+    # Fold 0 (the first 10 pairs) is labelled the opposite way from the other nine folds: the threshold
+    # learnt on the other folds gets every pair of fold 0 wrong, so the mean accuracy is exactly 0.9.
+    n = 100
+    scores = np.tile([0.0, 1.0], n // 2)
+    issame = scores > 0.5
+    issame[:10] = ~issame[:10]
+    result = kfold_accuracy(scores, issame, num_folds=10)
+    assert result["acc"] == pytest.approx(0.9)
+
+
+def test_kfold_rejects_too_few_pairs_and_nan() -> None:
+    with pytest.raises(ValueError, match="at least 20 pairs"):
+        kfold_accuracy(np.zeros(10), np.zeros(10, dtype=bool))
+    scores = np.zeros(40)
+    scores[3] = np.nan
+    with pytest.raises(ValueError, match="NaN"):
+        kfold_accuracy(scores, np.zeros(40, dtype=bool))
+
+
+def test_tar_at_far_counts_impostors_above_threshold() -> None:
+    impostors = np.arange(1000) / 1000.0  # 0.000 .. 0.999
+    genuine = np.array([0.9985, 0.9995, 0.5, 0.2])
+    scores = np.concatenate([impostors, genuine])
+    issame = np.concatenate([np.zeros(1000, bool), np.ones(4, bool)])
+    # FAR 1e-3 allows one impostor (0.999) above the threshold 0.998: two genuine pairs pass.
+    assert tar_at_far(scores, issame, 1e-3) == pytest.approx(0.5)
+    # 1000 impostors cannot measure FAR 1e-4.
+    assert tar_at_far(scores, issame, 1e-4) is None
+
+
+def test_equal_error_rate_of_known_distributions() -> None:
+    scores = np.array([0.0, 1.0, 2.0, 3.0, 1.5, 2.5, 3.5, 4.5])
+    issame = np.array([0, 0, 0, 0, 1, 1, 1, 1], dtype=bool)
+    # At t=2.5: FAR 1/4 (impostor 3.0), FRR 1/4 (genuine 1.5).
+    assert equal_error_rate(scores, issame) == pytest.approx(0.25)
+    assert equal_error_rate(np.arange(8.0), np.arange(8) >= 4) == pytest.approx(0.0)
+
+
+def test_verification_report_keys() -> None:
+    rng = np.random.default_rng(1)
+    issame = np.arange(2000) % 2 == 0
+    scores = rng.normal(size=2000) + 2.0 * issame
+    report = verification_report(scores, issame)
+    assert {"acc", "acc_std", "threshold", "tar_at_far_1e-03", "eer"} <= set(report)
+    assert "tar_at_far_1e-04" not in report  # 1000 impostors cannot measure 1e-4
+    assert 0.8 < report["acc"] < 0.9  # d' = 2: Bayes accuracy 0.841
+
+
+def test_visibility_report_measures_hidden_region() -> None:
+    target = np.ones((2, 2, 2))
+    target[1, 1, :] = 0.0  # second face: lower half hidden
+    predicted = np.ones((2, 2, 2))
+    predicted[1, 1, 0] = 0.2  # predicts one of the two hidden cells
+    report = visibility_report(predicted, target, occluded=np.array([False, True]))
+    assert report["occ_iou"] == pytest.approx(0.5)
+    assert report["occ_mse"] == pytest.approx((0.2**2 + 1.0) / 8)  # cells (1,1,0) and (1,1,1)
+    assert report["visibility_clean"] == pytest.approx(1.0)
+    assert report["visibility_occluded"] == pytest.approx((3 + 0.2) / 4)

@@ -1,0 +1,162 @@
+"""IResNet: AdaFace layout and parameter counts, shapes, occlusion branch, gradient isolation, CPU precision."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from oaml.models import BACKBONE_NAMES, IResNet, build_backbone
+
+# Parameter counts of AdaFace's backbones at 112x112 (without OAML's occlusion head).
+EXPECTED_PARAMS_M = {"ir18": 24.02, "ir34": 34.13, "ir50": 43.59, "ir100": 65.15, "ir_se50": 43.81}
+
+
+def tiny(**kwargs) -> IResNet:
+    """A small 4-stage IResNet with AdaFace's unit/stride layout, fast enough for CPU tests."""
+    defaults = dict(units=(1, 1, 1, 1), channels=(16, 16, 32, 32), stem_channels=8, embedding_size=16)
+    defaults.update(kwargs)
+    return IResNet(**defaults)
+
+
+@pytest.mark.parametrize("name", sorted(EXPECTED_PARAMS_M))
+def test_parameter_counts_match_adaface(name: str) -> None:
+    model = build_backbone(name)
+    assert round(model.num_backbone_parameters() / 1e6, 2) == EXPECTED_PARAMS_M[name]
+    head = sum(p.numel() for p in model.occlusion_head.parameters())
+    total = sum(p.numel() for p in model.parameters())
+    assert total - head == model.num_backbone_parameters()
+    assert head == 590_209
+
+
+def test_aliases_build_the_same_architecture() -> None:
+    for alias, name in {"ir_18": "ir18", "ir_101": "ir100", "ir_se_50": "ir_se50"}.items():
+        assert build_backbone(alias).units == build_backbone(name).units
+    assert build_backbone("ir_se_50").se and not build_backbone("ir_50").se
+
+
+def test_unknown_name_and_fixed_arguments_are_rejected() -> None:
+    with pytest.raises(ValueError, match="ir_nano"):
+        build_backbone("resnet50")
+    with pytest.raises(ValueError, match="units"):
+        build_backbone("ir18", units=(1, 1, 1, 1))
+    assert "ir_101" in BACKBONE_NAMES
+
+
+def test_adaface_module_names() -> None:
+    keys = set(build_backbone("ir_se50").state_dict())
+    # stem, first unit (64 -> 64: parameter-free max-pool shortcut), first unit of stage 2 (conv shortcut)
+    for key in [
+        "input_layer.0.weight",
+        "input_layer.1.running_var",
+        "input_layer.2.weight",
+        "body.0.res_layer.0.weight",
+        "body.0.res_layer.1.weight",
+        "body.0.res_layer.3.weight",
+        "body.0.res_layer.4.weight",
+        "body.0.res_layer.5.bias",
+        "body.0.res_layer.se_block.fc1.weight",
+        "body.0.res_layer.se_block.fc2.weight",
+        "body.3.shortcut_layer.0.weight",
+        "body.3.shortcut_layer.1.running_mean",
+        "output_layer.0.weight",
+        "output_layer.3.weight",
+        "output_layer.3.bias",
+        "output_layer.4.running_mean",
+    ]:
+        assert key in keys, key
+    assert not any(k.startswith("body.0.shortcut_layer") for k in keys)
+    assert "output_layer.4.weight" not in keys  # BatchNorm1d(affine=False)
+    assert len([k for k in keys if k.startswith("body.") and k.endswith("res_layer.0.weight")]) == 24
+    model = build_backbone("ir50")
+    assert model.output_layer[3].in_features == 512 * 7 * 7
+    # first unit of every stage (stage 1 included) halves the map on its second conv
+    strides = [unit.res_layer[4].stride[0] for unit in model.body]
+    assert strides == [2, 1, 1, 2, 1, 1, 1, 2] + [1] * 13 + [2, 1, 1]
+
+
+@pytest.mark.parametrize(("input_size", "side"), [(112, 7), (224, 14)])
+def test_shapes_and_outputs(input_size: int, side: int) -> None:
+    torch.manual_seed(0)
+    model = tiny(input_size=input_size).eval()
+    assert model.feature_size == (side, side) and model.feature_channels == 32 and model.embedding_size == 16
+    x = torch.randn(2, 3, input_size, input_size)
+    embedding, norm = model(x)
+    assert embedding.shape == (2, 16) and norm.shape == (2, 1)
+    torch.testing.assert_close(embedding.norm(dim=1), torch.ones(2))
+    out = model(x, return_occlusion=True)
+    assert len(out) == 4
+    emb2, norm2, occlusion, features = out
+    assert features.shape == (2, 32, side, side)
+    assert occlusion.shape == (2, 1, side, side)
+    assert ((occlusion >= 0) & (occlusion <= 1)).all()
+    torch.testing.assert_close(emb2, embedding)
+    torch.testing.assert_close(norm2, norm)
+    # one body pass reused: forward_features + embed gives the same result as forward
+    e3, n3 = model.embed(model.forward_features(x))
+    torch.testing.assert_close(e3, embedding)
+    torch.testing.assert_close(n3, norm)
+    # the embedding is the normalised output_layer and norm its length
+    raw = model.output_layer(features)
+    torch.testing.assert_close(embedding * norm, raw)
+
+
+def test_ir_nano_gives_a_7x7_map() -> None:
+    model = build_backbone("ir_nano", embedding_size=64).eval()
+    emb, norm, occ, feats = model(torch.randn(2, 3, 112, 112), return_occlusion=True)
+    assert feats.shape == (2, 128, 7, 7) and occ.shape == (2, 1, 7, 7) and emb.shape == (2, 64)
+    assert len(model.body) >= 4
+
+
+def test_bad_inputs_are_rejected() -> None:
+    with pytest.raises(ValueError, match="input_size"):
+        tiny(input_size=128)
+    with pytest.raises(ValueError, match="equal length"):
+        IResNet(units=(1, 1), channels=(8, 8, 8))
+    with pytest.raises(ValueError, match=r"\[B, 3, 112, 112\]"):
+        tiny()(torch.randn(2, 3, 96, 96))
+
+
+@pytest.mark.parametrize("detach", [True, False])
+def test_occlusion_loss_gradient_isolation(detach: bool) -> None:
+    torch.manual_seed(0)
+    model = tiny(occlusion_detach_features=detach)
+    _, _, occlusion, _ = model(torch.randn(4, 3, 112, 112), return_occlusion=True)
+    target = torch.zeros_like(occlusion)
+    torch.nn.functional.mse_loss(occlusion, target).backward()
+    body_grads = [p.grad for n, p in model.named_parameters() if n.startswith(("body.", "input_layer."))]
+    head_grads = [p.grad for p in model.occlusion_head.parameters()]
+    assert all(g is not None and g.abs().sum() > 0 for g in head_grads[:1])
+    body_signal = sum(float(g.abs().sum()) for g in body_grads if g is not None)
+    if detach:
+        assert body_signal == 0.0
+    else:
+        assert body_signal > 0.0
+
+
+def test_channels_last_and_bf16_autocast_on_cpu() -> None:
+    torch.manual_seed(0)
+    model = tiny().eval()
+    x = torch.randn(2, 3, 112, 112)
+    ref_emb, ref_norm, ref_occ, _ = model(x, return_occlusion=True)
+
+    model_cl = model.to(memory_format=torch.channels_last)
+    emb, norm, occ, _ = model_cl(x.contiguous(memory_format=torch.channels_last), return_occlusion=True)
+    torch.testing.assert_close(emb, ref_emb, atol=1e-4, rtol=1e-4)
+    torch.testing.assert_close(occ, ref_occ, atol=1e-4, rtol=1e-4)
+
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        emb, norm, occ, _ = model_cl(x.contiguous(memory_format=torch.channels_last), return_occlusion=True)
+    for t in (emb, norm, occ):
+        assert torch.isfinite(t.float()).all()
+    # bf16 has ~3 significant digits: cosine to the fp32 embedding stays near 1
+    cosine = torch.nn.functional.cosine_similarity(emb.float(), ref_emb, dim=1)
+    assert (cosine > 0.98).all(), cosine
+    torch.testing.assert_close(norm.float(), ref_norm, rtol=0.05, atol=0.05)
+    torch.testing.assert_close(occ.float(), ref_occ, atol=0.03, rtol=0)
+
+
+def test_kaiming_fan_out_init() -> None:
+    torch.manual_seed(0)
+    conv = build_backbone("ir18").body[7].res_layer[1]  # 3x3 conv 512 -> 512
+    expected_std = (2.0 / (512 * 9)) ** 0.5
+    assert abs(float(conv.weight.std()) - expected_std) / expected_std < 0.02
