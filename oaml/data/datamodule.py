@@ -22,7 +22,7 @@ from oaml.data.sampler import IdentityBalancedBatchSampler
 class OAMLDataModule(pl.LightningDataModule):
     def __init__(
         self,
-        train: Dataset,
+        train: Dataset | None = None,
         val_sets: Mapping[str, Dataset] | None = None,
         batch_size: int = 64,
         num_instances: int = 4,
@@ -33,13 +33,15 @@ class OAMLDataModule(pl.LightningDataModule):
         pin_memory: bool = False,
     ) -> None:
         super().__init__()
-        if not hasattr(train, "labels") or not hasattr(train, "num_classes"):
+        if train is not None and not (hasattr(train, "labels") and hasattr(train, "num_classes")):
             raise TypeError(
                 f"data.train ({type(train).__name__}) must expose `labels` and `num_classes` "
                 "for identity-balanced sampling"
             )
         if val_batch_size % 2:
-            raise ValueError(f"data.val_batch_size must be even so batches hold whole pairs, got {val_batch_size}")
+            raise ValueError(
+                f"data.val_batch_size must be even so batches hold whole pairs, got {val_batch_size}"
+            )
         self.train_set = train
         self.val_sets = {name: IndexedPairs(ds, name) for name, ds in (val_sets or {}).items()}
         self.batch_size = batch_size
@@ -52,7 +54,14 @@ class OAMLDataModule(pl.LightningDataModule):
 
     @property
     def num_classes(self) -> int:
-        return int(self.train_set.num_classes)
+        return int(self._require_train().num_classes)
+
+    def _require_train(self) -> Dataset:
+        if self.train_set is None:
+            raise ValueError(
+                "no training data: set data.train (this data module was built for evaluation only)"
+            )
+        return self.train_set
 
     @property
     def val_set_names(self) -> list[str]:
@@ -74,7 +83,7 @@ class OAMLDataModule(pl.LightningDataModule):
     def train_dataloader(self) -> DataLoader:
         world_size, rank = self._world()
         sampler = IdentityBalancedBatchSampler(
-            self.train_set.labels,
+            self._require_train().labels,
             batch_size=self.batch_size,
             num_instances=self.num_instances,
             seed=self.seed,

@@ -102,9 +102,10 @@ def _template_coordinates(
     return tx, ty
 
 
-def _superellipse(u: np.ndarray, v: np.ndarray, power: float) -> np.ndarray:
-    """|u|^p + |v|^p: below 1 inside a rounded rectangle (p large) or ellipse (p = 2)."""
-    return np.abs(u) ** power + np.abs(v) ** power
+def _superellipse(u: np.ndarray, v: np.ndarray, power: int) -> np.ndarray:
+    """u^p + v^p for an even integer p: below 1 inside an ellipse (p = 2) or a rounded rectangle (p >= 4)."""
+    u2, v2 = u * u, v * v
+    return u2 ** (power // 2) + v2 ** (power // 2)
 
 
 def _segment_distance(tx: np.ndarray, ty: np.ndarray, a: tuple[float, float], b: tuple[float, float]):
@@ -148,53 +149,53 @@ def _medical_mask_colour(rng: np.random.Generator) -> np.ndarray:
     return _hsv(rng.random(), rng.uniform(0.15, 0.4), rng.uniform(0.7, 0.95))
 
 
+def _col(colour: np.ndarray) -> np.ndarray:
+    """An RGB colour shaped [3, 1, 1] to broadcast over channel-first textures."""
+    return np.asarray(colour, dtype=np.float32).reshape(3, 1, 1)
+
+
 def _fine_noise(rng: np.random.Generator, shape: tuple[int, int], sigma: float) -> np.ndarray:
-    return rng.standard_normal(shape, dtype=np.float32)[..., None] * np.float32(sigma)
+    """Grey per-pixel noise [1, H, W] (weave, print grain)."""
+    return rng.standard_normal((1,) + shape, dtype=np.float32) * np.float32(sigma)
+
+
+def _wave(rng: np.random.Generator, tx: np.ndarray, ty: np.ndarray, min_period: float, max_period: float):
+    """A sinusoid of random direction, period and phase over template coordinates."""
+    angle, period = rng.uniform(0, math.pi), rng.uniform(min_period, max_period)
+    k = 2 * math.pi / period
+    return np.sin(tx * np.float32(k * math.cos(angle)) + ty * np.float32(k * math.sin(angle)) + rng.random())
 
 
 def _random_texture(rng: np.random.Generator, tx: np.ndarray, ty: np.ndarray) -> np.ndarray:
-    """One of: flat, stripes, checker, gradient, blotches; float32 [H, W, 3] in roughly 0..255."""
-    c1, c2 = _random_colour(rng), _random_colour(rng)
+    """One of: flat, stripes, checker, gradient, blotches; float32 [3, H, W] in roughly 0..255."""
+    c1, c2 = _col(_random_colour(rng)), _col(_random_colour(rng))
     family = rng.integers(5)
     if family == 0:  # flat
-        tex = np.broadcast_to(c1, tx.shape + (3,)).astype(np.float32)
+        t = np.zeros((1,) + tx.shape, np.float32)
     elif family == 1:  # stripes along a random direction
-        angle, period = rng.uniform(0, math.pi), rng.uniform(4.0, 12.0)
-        phase = (tx * math.cos(angle) + ty * math.sin(angle)) * (2 * math.pi / period)
-        tex = np.where((np.sin(phase) > 0)[..., None], c1, c2).astype(np.float32)
+        t = (_wave(rng, tx, ty, 4.0, 12.0) > 0)[None].astype(np.float32)
     elif family == 2:  # checker
         period = rng.uniform(5.0, 14.0)
-        parity = (np.floor(tx / period) + np.floor(ty / period)) % 2 == 0
-        tex = np.where(parity[..., None], c1, c2).astype(np.float32)
+        t = ((np.floor(tx / period) + np.floor(ty / period)) % 2)[None].astype(np.float32)
     elif family == 3:  # gradient
         angle = rng.uniform(0, 2 * math.pi)
-        t = (tx * math.cos(angle) + ty * math.sin(angle)) / TEMPLATE_SIZE
-        t = np.clip(t - t.min(), 0.0, 1.0)[..., None]
-        tex = c1 * (1 - t) + c2 * t
+        along = (tx * math.cos(angle) + ty * math.sin(angle)) / TEMPLATE_SIZE
+        t = np.clip(along - along.min(), 0.0, 1.0)[None]
     else:  # blotches: two low-frequency waves
-        wave = np.zeros_like(tx)
-        for _ in range(2):
-            angle, period = rng.uniform(0, math.pi), rng.uniform(10.0, 30.0)
-            wave += np.sin((tx * math.cos(angle) + ty * math.sin(angle)) * (2 * math.pi / period) + rng.random())
-        t = (wave * 0.25 + 0.5)[..., None]
-        tex = c1 * (1 - t) + c2 * t
-    return tex + _fine_noise(rng, tx.shape, rng.uniform(0.0, 8.0))
+        t = (0.5 + 0.25 * (_wave(rng, tx, ty, 10.0, 30.0) + _wave(rng, tx, ty, 10.0, 30.0)))[None]
+    return c1 + (c2 - c1) * t + _fine_noise(rng, tx.shape, rng.uniform(0.0, 8.0))
 
 
 def _fabric(rng: np.random.Generator, tx: np.ndarray, ty: np.ndarray, colour: np.ndarray) -> np.ndarray:
-    """A cloth colour with soft folds (low-frequency shading) and weave noise."""
-    shade = np.ones_like(tx)
-    for _ in range(2):
-        angle, period = rng.uniform(0, math.pi), rng.uniform(15.0, 45.0)
-        amp = rng.uniform(0.04, 0.15)
-        shade += amp * np.sin((tx * math.cos(angle) + ty * math.sin(angle)) * (2 * math.pi / period) + rng.random())
-    # Dark cloth still shows folds: lift the floor so black fabric is not flat zero.
-    base = np.maximum(colour, 12.0)
-    return base * shade[..., None] + _fine_noise(rng, tx.shape, rng.uniform(1.0, 5.0))
+    """A cloth colour with soft folds (low-frequency shading) and weave noise; float32 [3, H, W]."""
+    shade = 1.0 + rng.uniform(0.04, 0.15) * _wave(rng, tx, ty, 15.0, 45.0)
+    shade += rng.uniform(0.04, 0.15) * _wave(rng, tx, ty, 15.0, 45.0)
+    # Dark cloth still shows its folds: lift the floor so black fabric is not a flat zero.
+    return _col(np.maximum(colour, 12.0)) * shade[None] + _fine_noise(rng, tx.shape, rng.uniform(1.0, 5.0))
 
 
 # ---------------------------------------------------------------------------------------------- shapes
-# Each returns (hidden: bool [H, W], texture: float32 [H, W, 3]); both from template coordinates only.
+# Each returns (hidden: bool [H, W], texture: float32 [3, H, W]); both from template coordinates only.
 
 ShapeFn = Callable[[np.random.Generator, np.ndarray, np.ndarray], tuple[np.ndarray, np.ndarray]]
 
@@ -203,9 +204,9 @@ def _niqab(rng: np.random.Generator, tx: np.ndarray, ty: np.ndarray) -> tuple[np
     """Hide everything outside a rounded slit around the eyes (brows to just under the lower lids)."""
     cx, cy = _EYE_MID
     half_width = rng.uniform(36.0, 46.0)
-    above, below = rng.uniform(10.0, 15.0), rng.uniform(7.0, 11.0)
+    above, below = rng.uniform(12.0, 18.0), rng.uniform(7.0, 11.0)
     dip = rng.uniform(0.0, 4.0)  # the lower edge sags a little over the nose bridge
-    power = rng.uniform(3.0, 6.0)
+    power = int(rng.choice([4, 6]))
     u = (tx - cx) / half_width
     v = ty - cy
     down = below + dip * np.clip(1.0 - u * u, 0.0, 1.0)
@@ -222,7 +223,8 @@ def _medical_mask(rng: np.random.Generator, tx: np.ndarray, ty: np.ndarray) -> t
     ax, ay = rng.uniform(40.0, 46.0), rng.uniform(34.0, 40.0)
     cy = rng.uniform(82.0, 86.0)
     u = (tx - cx) / ax
-    body = (ty >= top + sag * u * u) & ((u * u + ((ty - cy) / ay) ** 2) <= 1.0)
+    top_edge = top + sag * u * u
+    body = (ty >= top_edge) & ((u * u + ((ty - cy) / ay) ** 2) <= 1.0)
     strap_width = rng.uniform(0.8, 1.4)
     ear_y = rng.uniform(54.0, 64.0)
     strap_y = top + sag * 0.8 + rng.uniform(2.0, 6.0)
@@ -234,28 +236,29 @@ def _medical_mask(rng: np.random.Generator, tx: np.ndarray, ty: np.ndarray) -> t
     tex = _fabric(rng, tx, ty, colour)
     # Horizontal pleats: three darker lines across the body.
     pleat_gap = rng.uniform(7.0, 10.0)
-    pleat = np.zeros_like(tx, dtype=bool)
+    below_edge = ty - top_edge
+    pleat = np.zeros_like(below_edge, dtype=bool)
     for k in range(3):
-        pleat |= np.abs(ty - (top + sag * u * u + pleat_gap * (k + 1.3))) < 0.8
-    tex = np.where(pleat[..., None], tex * 0.8, tex)
-    strap_colour = colour * rng.uniform(0.85, 1.0)
-    tex = np.where((straps & ~body)[..., None], strap_colour, tex)
+        pleat |= np.abs(below_edge - pleat_gap * (k + 1.3)) < 0.8
+    tex *= np.where(pleat, np.float32(0.8), np.float32(1.0))[None]
+    strap_colour = _col(colour * rng.uniform(0.85, 1.0))
+    tex = np.where((straps & ~body)[None], strap_colour, tex)
     return body | straps, tex
 
 
 def _sunglasses(rng: np.random.Generator, tx: np.ndarray, ty: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Two lenses on the eyes joined by a bridge, with temple arms running to the image sides."""
     rx, ry = rng.uniform(11.0, 15.0), rng.uniform(8.0, 12.0)
-    power = rng.uniform(2.0, 4.0)
+    power = int(rng.choice([2, 4]))
     lift = rng.uniform(-2.0, 1.0)
     rim = rng.uniform(0.0, 1.6)
     lenses = np.zeros_like(tx, dtype=bool)
     rims = np.zeros_like(tx, dtype=bool)
     for ex, ey in TEMPLATE_112[:2]:
-        value = _superellipse((tx - ex) / rx, (ty - (ey + lift)) / ry, power)
-        outer = _superellipse((tx - ex) / (rx + rim), (ty - (ey + lift)) / (ry + rim), power)
+        dx, dy = tx - ex, ty - (ey + lift)
+        value = _superellipse(dx / rx, dy / ry, power)
         lenses |= value <= 1.0
-        rims |= (outer <= 1.0) & (value > 1.0)
+        rims |= (_superellipse(dx / (rx + rim), dy / (ry + rim), power) <= 1.0) & (value > 1.0)
     (lx, ly), (rx_, ry_) = TEMPLATE_112[0], TEMPLATE_112[1]
     bar_y = (ly + ry_) / 2 + lift - ry * 0.35
     width = rng.uniform(0.9, 1.6)
@@ -267,28 +270,27 @@ def _sunglasses(rng: np.random.Generator, tx: np.ndarray, ty: np.ndarray) -> tup
         | (_segment_distance(tx, ty, (rx_ + rx * 0.9, arm_y), (TEMPLATE_SIZE + 4.0, ear_y)) <= width)
         | rims
     ) & ~lenses
-    lens_colour = _hsv(rng.random(), rng.uniform(0.0, 0.7), rng.uniform(0.04, 0.3))
-    frame_colour = _hsv(rng.uniform(0.05, 0.15), rng.uniform(0.0, 0.6), rng.choice([0.05, 0.3, 0.75]))
-    # Lenses darken towards the top and carry one soft reflection.
-    gradient = np.clip(1.0 + (ty - (ly + lift)) / (3.0 * ry), 0.6, 1.4)[..., None]
+    lens_colour = _col(_hsv(rng.random(), rng.uniform(0.0, 0.7), rng.uniform(0.04, 0.3)))
+    frame_colour = _col(_hsv(rng.uniform(0.05, 0.15), rng.uniform(0.0, 0.6), rng.choice([0.05, 0.3, 0.75])))
+    # Lenses darken towards the top and carry one soft reflection each.
+    gradient = np.clip(1.0 + (ty - (ly + lift)) / (3.0 * ry), 0.6, 1.4)
     hx, hy = rng.uniform(-0.5, 0.5) * rx, rng.uniform(-0.6, -0.1) * ry
     glint = np.exp(-(((tx - lx - hx) ** 2 + (ty - ly - lift - hy) ** 2) / 8.0))
     glint += np.exp(-(((tx - rx_ - hx) ** 2 + (ty - ry_ - lift - hy) ** 2) / 8.0))
-    lens_tex = lens_colour * gradient + (rng.uniform(20.0, 90.0) * glint)[..., None]
-    tex = np.where(lenses[..., None], lens_tex, frame_colour)
-    tex = tex + _fine_noise(rng, tx.shape, 2.0)
+    lens_tex = lens_colour * gradient[None] + (rng.uniform(20.0, 90.0) * glint)[None]
+    tex = np.where(lenses[None], lens_tex, frame_colour) + _fine_noise(rng, tx.shape, 2.0)
     return lenses | frame, tex
 
 
 def _blocks(rng: np.random.Generator, tx: np.ndarray, ty: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """One to three rectangles (each with its own texture) somewhere on the face."""
     hidden = np.zeros_like(tx, dtype=bool)
-    tex = np.zeros(tx.shape + (3,), dtype=np.float32)
+    tex = np.zeros((3,) + tx.shape, dtype=np.float32)
     for _ in range(int(rng.integers(1, 4))):
         w, h = rng.uniform(14.0, 44.0, size=2)
         x0, y0 = rng.uniform(18.0, 94.0) - w / 2, rng.uniform(28.0, 104.0) - h / 2
         block = (tx >= x0) & (tx < x0 + w) & (ty >= y0) & (ty < y0 + h)
-        tex = np.where(block[..., None], _random_texture(rng, tx, ty), tex)
+        tex = np.where(block[None], _random_texture(rng, tx, ty), tex)
         hidden |= block
     return hidden, tex
 
@@ -296,7 +298,7 @@ def _blocks(rng: np.random.Generator, tx: np.ndarray, ty: np.ndarray) -> tuple[n
 def _blobs(rng: np.random.Generator, tx: np.ndarray, ty: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """One or two irregular ellipses (a hand, hair strand, scarf fold ...): radius modulated by harmonics."""
     hidden = np.zeros_like(tx, dtype=bool)
-    tex = np.zeros(tx.shape + (3,), dtype=np.float32)
+    tex = np.zeros((3,) + tx.shape, dtype=np.float32)
     for _ in range(int(rng.integers(1, 3))):
         cx, cy = rng.uniform(22.0, 90.0), rng.uniform(30.0, 102.0)
         a, b = rng.uniform(10.0, 26.0, size=2)
@@ -309,7 +311,7 @@ def _blobs(rng: np.random.Generator, tx: np.ndarray, ty: np.ndarray) -> tuple[np
         for k in (2, 3, 5):
             radius += rng.uniform(0.0, 0.12) * np.cos(k * phi + rng.uniform(0, 2 * math.pi))
         blob = u * u + v * v <= radius * radius
-        tex = np.where(blob[..., None], _random_texture(rng, tx, ty), tex)
+        tex = np.where(blob[None], _random_texture(rng, tx, ty), tex)
         hidden |= blob
     return hidden, tex
 
@@ -359,7 +361,7 @@ def apply_occluder(
     tx, ty = _template_coordinates(height, width, landmarks, rng)
     hidden, texture = _SHAPES[kind](rng, tx, ty)
     out = image.copy()
-    out[hidden] = np.clip(texture[hidden], 0.0, 255.0).astype(np.uint8)
+    out[hidden] = np.clip(texture[:, hidden], 0.0, 255.0).astype(np.uint8).T
     return out, (~hidden).astype(np.float32)
 
 

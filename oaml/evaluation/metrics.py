@@ -18,7 +18,9 @@ def _check_scores(scores: np.ndarray, issame: np.ndarray) -> tuple[np.ndarray, n
     scores = np.asarray(scores, dtype=np.float64).reshape(-1)
     issame = np.asarray(issame, dtype=bool).reshape(-1)
     if scores.shape != issame.shape:
-        raise ValueError(f"scores ({scores.shape[0]}) and issame ({issame.shape[0]}) must have one entry per pair")
+        raise ValueError(
+            f"scores ({scores.shape[0]}) and issame ({issame.shape[0]}) must have one entry per pair"
+        )
     if not np.isfinite(scores).all():
         bad = int((~np.isfinite(scores)).sum())
         raise ValueError(
@@ -69,7 +71,11 @@ def kfold_accuracy(scores: np.ndarray, issame: np.ndarray, num_folds: int = 10) 
         threshold, _ = best_threshold(scores[~test], issame[~test])
         accs.append(np.mean((scores[test] >= threshold) == issame[test]))
         thresholds.append(threshold)
-    return {"acc": float(np.mean(accs)), "acc_std": float(np.std(accs)), "threshold": float(np.mean(thresholds))}
+    return {
+        "acc": float(np.mean(accs)),
+        "acc_std": float(np.std(accs)),
+        "threshold": float(np.mean(thresholds)),
+    }
 
 
 def tar_at_far(scores: np.ndarray, issame: np.ndarray, far: float) -> float | None:

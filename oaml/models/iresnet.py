@@ -82,7 +82,7 @@ class IResNet(nn.Module):
 
     Args:
         units: residual units per stage, e.g. (3, 4, 14, 3) for IR-50. The first unit of each stage has
-            stride 2, so the feature map is input_size / 2**len(units).
+            stride 2, so the feature map is input_size / (stem_stride * 2**len(units)).
         channels: output channels per stage, same length as ``units``.
         stem_channels: channels of the 3x3 stem (``input_layer``); None means 64 as in AdaFace.
         se: use IR-SE units (squeeze-and-excitation inside every residual branch).
@@ -92,6 +92,9 @@ class IResNet(nn.Module):
         occlusion_hidden_channels: hidden width of the occlusion head.
         occlusion_detach_features: the occlusion head reads ``features.detach()``, so the occlusion loss trains
             only the head and never reshapes the backbone (gradient isolation). False lets it co-train the body.
+        stem_stride: stride of the stem conv. 1 in every AdaFace model; 2 halves the resolution before the
+            body, which makes the CPU-sized ``ir_nano`` fast (an IResNet spends most of its CPU time in the
+            first unit's stride-1 conv at full input resolution). Not compatible with AdaFace checkpoints.
     """
 
     def __init__(
@@ -121,9 +124,13 @@ class IResNet(nn.Module):
                 "must be non-empty and of equal length"
             )
         if min(units) < 1 or min(channels) < 1:
-            raise ValueError(f"IResNet units and channels must be positive, got units={units}, channels={channels}")
+            raise ValueError(
+                f"IResNet units and channels must be positive, got units={units}, channels={channels}"
+            )
         if stem_stride not in (1, 2):
-            raise ValueError(f"IResNet stem_stride must be 1 (AdaFace) or 2 (CPU-sized variants), got {stem_stride}")
+            raise ValueError(
+                f"IResNet stem_stride must be 1 (AdaFace) or 2 (CPU-sized variants), got {stem_stride}"
+            )
         downsample = stem_stride * 2 ** len(units)
         if input_size % downsample:
             raise ValueError(
@@ -222,7 +229,6 @@ class IResNet(nn.Module):
         """Parameters of the AdaFace-compatible backbone, i.e. everything except ``occlusion_head``."""
         head = {id(p) for p in self.occlusion_head.parameters()}
         return sum(p.numel() for p in self.parameters() if id(p) not in head)
-
 
 
 # name -> architecture (units per stage, channels per stage, stem channels, SE units)

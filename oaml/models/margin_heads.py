@@ -52,7 +52,9 @@ class _MarginHead(nn.Module):
     def _check(self, embeddings: Tensor, norms: Tensor | None, labels: Tensor) -> None:
         name = type(self).__name__
         if embeddings.dim() != 2 or embeddings.shape[1] != self.embedding_size:
-            raise ValueError(f"{name} expects embeddings [B, {self.embedding_size}], got {tuple(embeddings.shape)}")
+            raise ValueError(
+                f"{name} expects embeddings [B, {self.embedding_size}], got {tuple(embeddings.shape)}"
+            )
         batch = embeddings.shape[0]
         if labels.shape != (batch,) or labels.dtype not in (torch.int64, torch.int32):
             raise ValueError(
@@ -95,7 +97,9 @@ class AdaFace(_MarginHead):
     ) -> None:
         super().__init__(embedding_size, num_classes, s)
         if not 0.0 <= t_alpha <= 1.0:
-            raise ValueError(f"AdaFace t_alpha (EMA weight of the new batch) must be in [0, 1], got {t_alpha}")
+            raise ValueError(
+                f"AdaFace t_alpha (EMA weight of the new batch) must be in [0, 1], got {t_alpha}"
+            )
         self.m = float(m)
         self.h = float(h)
         self.t_alpha = float(t_alpha)
@@ -111,7 +115,9 @@ class AdaFace(_MarginHead):
 
         if self.training:
             if safe_norms.shape[0] < 2:
-                raise ValueError("AdaFace in training mode needs a batch of >= 2 samples to estimate the norm std")
+                raise ValueError(
+                    "AdaFace in training mode needs a batch of >= 2 samples to estimate the norm std"
+                )
             with torch.no_grad():
                 self.batch_mean.mul_(1.0 - self.t_alpha).add_(self.t_alpha * safe_norms.mean())
                 self.batch_std.mul_(1.0 - self.t_alpha).add_(self.t_alpha * safe_norms.std())

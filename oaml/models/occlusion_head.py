@@ -38,7 +38,8 @@ class OcclusionHead(nn.Module):
 
     def logits(self, features: Tensor) -> Tensor:
         """Pre-sigmoid visibility [B, 1, h, w] (for a numerically stable BCE loss, should one be wanted)."""
-        if features.dim() != 4 or features.shape[1] != self.in_channels:
+        # (shapes are traced values during ONNX/TorchScript export: check only in eager mode)
+        if not torch.jit.is_tracing() and (features.dim() != 4 or features.shape[1] != self.in_channels):
             raise ValueError(
                 f"OcclusionHead expects feature maps [B, {self.in_channels}, h, w], got {tuple(features.shape)}"
             )

@@ -31,7 +31,8 @@ Probe visibility belongs to probe locations s, gallery visibility to gallery loc
   ``t_s' = BN(t_s) * v_p[s] * hw / sum(v_p)`` for the probe-location terms and likewise with ``v_g`` for the
   gallery-location terms. With the fc's initial weights 1/hw this is a visibility-weighted mean, so a face
   with half its locations hidden is not scored lower for that alone. A map with no visible location
-  contributes only the fc bias.
+  contributes only the fc bias. The first BatchNorm still takes its statistics over all pooled values, the
+  hidden ones (at -1) included, as in ``mask``.
 
 No mode builds a ``[P, G, hw, hw]`` weight tensor: visibility is folded into the features (the only
 ``[P, G, hw, hw]`` tensor is the correlation itself, as in unweighted QAConv) or into the ``[P, G, hw]``
@@ -113,7 +114,9 @@ class QAConv(nn.Module):
         probe, probe_vis = self._prepare(prob_fea, prob_occ, "prob_fea", "prob_occ")
         if gal_fea is None:
             if gal_occ is not None:
-                raise ValueError("QAConv.forward: gal_occ given without gal_fea; pass gal_fea too, or drop gal_occ")
+                raise ValueError(
+                    "QAConv.forward: gal_occ given without gal_fea; pass gal_fea too, or drop gal_occ"
+                )
             gallery, gallery_vis = probe, probe_vis
         else:
             gallery, gallery_vis = self._prepare(gal_fea, gal_occ, "gal_fea", "gal_occ")
@@ -164,8 +167,10 @@ class QAConv(nn.Module):
         """
         self._require_eval("pair_scores")
         if a.shape[0] != b.shape[0]:
-            raise ValueError(f"QAConv.pair_scores: a and b must hold the same number of maps, got {a.shape[0]} "
-                             f"and {b.shape[0]}")
+            raise ValueError(
+                f"QAConv.pair_scores: a and b must hold the same number of maps, got {a.shape[0]} "
+                f"and {b.shape[0]}"
+            )
         probe, probe_vis = self._prepare(a, a_occ, "a", "a_occ")
         gallery, gallery_vis = self._prepare(b, b_occ, "b", "b_occ")
         _check_visibility_values(probe_vis, "a_occ")
@@ -192,9 +197,10 @@ class QAConv(nn.Module):
         maps = F.normalize(features, dim=1).flatten(2).transpose(1, 2)  # [B, hw, C]
         if self.weighting == "none" or visibility is None:
             return maps, None
-        if visibility.dim() != 4 or tuple(visibility.shape) != (features.shape[0], 1, self.height, self.width):
+        expected_vis = (features.shape[0], 1, self.height, self.width)
+        if tuple(visibility.shape) != expected_vis:
             raise ValueError(
-                f"QAConv: {vis_name} must have shape [{features.shape[0]}, 1, {self.height}, {self.width}] "
+                f"QAConv: {vis_name} must have shape [{', '.join(map(str, expected_vis))}] "
                 f"(one visibility map per feature map), got {list(visibility.shape)}"
             )
         return maps, visibility.flatten(1).to(maps.dtype)
@@ -208,7 +214,7 @@ class QAConv(nn.Module):
         if self.weighting == "product":
             return _scale(probe, probe_vis), _scale(gallery, gallery_vis), 0.0
         # mask / pooled: v_p v_g (c + 1) - 1 via an appended constant channel.
-        return _scale(probe, probe_vis), _scale(gallery, gallery_vis), 0.0
+        return _scale(_append_one(probe), probe_vis), _scale(_append_one(gallery), gallery_vis), 1.0
 
     def _pooled_all_pairs(
         self, probe: Tensor, gallery: Tensor, probe_vis: Tensor | None, gallery_vis: Tensor | None

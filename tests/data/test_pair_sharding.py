@@ -1,0 +1,50 @@
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from torch.utils.data import Dataset
+
+from oaml.data.pair_sharding import IndexedPairs, PairShardSampler
+
+
+class _Pairs(Dataset):
+    def __init__(self, num_pairs: int, num_images: int | None = None) -> None:
+        self.issame = np.arange(num_pairs) % 3 == 0
+        self.num_images = 2 * num_pairs if num_images is None else num_images
+
+    def __len__(self) -> int:
+        return self.num_images
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
+        return torch.full((3, 2, 2), index, dtype=torch.uint8), torch.ones(1, 2, 2)
+
+
+@pytest.mark.parametrize("num_pairs,world", [(7, 2), (10, 3), (1, 1), (5, 4)])
+def test_shards_cover_every_pair_once_and_keep_pairs_whole(num_pairs: int, world: int) -> None:
+    shards = [list(PairShardSampler(num_pairs, world, rank)) for rank in range(world)]
+    flat = [i for shard in shards for i in shard]
+    assert sorted(flat) == list(range(2 * num_pairs))
+    for shard in shards:
+        assert len(shard) % 2 == 0
+        assert all(shard[k] // 2 == shard[k + 1] // 2 for k in range(0, len(shard), 2))
+    sizes = [len(s) // 2 for s in shards]
+    assert max(sizes) - min(sizes) <= 1
+
+
+def test_bad_rank_is_rejected() -> None:
+    with pytest.raises(ValueError, match="rank 2"):
+        PairShardSampler(4, num_replicas=2, rank=2)
+
+
+def test_indexed_pairs_carries_pair_index_and_label() -> None:
+    ds = IndexedPairs(_Pairs(6), "toy")
+    image, visibility, pair, same = ds[7]
+    assert int(image[0, 0, 0]) == 7 and pair == 3 and same is True
+    assert visibility.shape == (1, 2, 2)
+
+
+def test_indexed_pairs_rejects_odd_sets() -> None:
+    ds = _Pairs(4, num_images=7)
+    with pytest.raises(ValueError, match="pair i must be images 2i and 2i\\+1"):
+        IndexedPairs(ds, "broken")

@@ -1,0 +1,108 @@
+"""IdentityBalancedBatchSampler: P identities x K images, seeded epochs, disjoint ranks, clear errors."""
+
+from __future__ import annotations
+
+from collections import Counter
+
+import numpy as np
+import pytest
+import torch
+from torch.utils.data import DataLoader, TensorDataset
+
+from oaml.data.sampler import IdentityBalancedBatchSampler
+
+
+def make_labels(num_ids: int = 23, seed: int = 0) -> np.ndarray:
+    """Identities with 1..9 images each (some fewer than K), interleaved and with non-contiguous label values."""
+    rng = np.random.default_rng(seed)
+    counts = rng.integers(1, 10, size=num_ids)
+    labels = np.repeat(np.arange(num_ids) * 7 + 100, counts)
+    return labels[rng.permutation(len(labels))]
+
+
+def test_batches_hold_p_distinct_identities_with_k_images_each() -> None:
+    labels = make_labels()
+    sampler = IdentityBalancedBatchSampler(labels, batch_size=12, num_instances=4, seed=3)
+    batches = list(sampler)
+    assert len(batches) == len(sampler) == 23 // 3
+    seen: list[int] = []
+    for batch in batches:
+        assert len(batch) == 12
+        per_id = Counter(labels[batch].tolist())
+        assert len(per_id) == 3 and set(per_id.values()) == {4}
+        for identity in per_id:
+            images = [i for i in batch if labels[i] == identity]
+            available = int((labels == identity).sum())
+            # Without replacement when the identity has enough images; duplicates only when it has too few.
+            assert len(set(images)) == min(4, available)
+        seen.extend(per_id)
+    assert len(seen) == len(set(seen))  # each identity at most once per epoch
+
+
+def test_same_seed_and_epoch_repeat_and_epochs_differ() -> None:
+    labels = make_labels()
+    a = IdentityBalancedBatchSampler(labels, batch_size=8, num_instances=2, seed=5)
+    b = IdentityBalancedBatchSampler(labels, batch_size=8, num_instances=2, seed=5)
+    a.set_epoch(2)
+    b.set_epoch(2)
+    assert list(a) == list(b)
+    assert list(a) == list(a)  # iterating again gives the same epoch
+    b.set_epoch(3)
+    assert list(a) != list(b)
+    other_seed = IdentityBalancedBatchSampler(labels, batch_size=8, num_instances=2, seed=6)
+    other_seed.set_epoch(2)
+    assert list(a) != list(other_seed)
+
+
+def test_two_ranks_get_disjoint_identities_and_equal_lengths() -> None:
+    labels = make_labels(num_ids=25)
+    ranks = [
+        IdentityBalancedBatchSampler(labels, batch_size=8, num_instances=4, seed=1, num_replicas=2, rank=r)
+        for r in range(2)
+    ]
+    for epoch in (0, 1):
+        ids = []
+        for sampler in ranks:
+            sampler.set_epoch(epoch)
+            batches = list(sampler)
+            assert len(batches) == len(sampler) == (25 // 2) // 2
+            ids.append({int(labels[i]) for batch in batches for i in batch})
+        assert ids[0] and ids[1] and not ids[0] & ids[1]
+        assert len(ids[0]) == len(ids[1]) == 12  # 6 batches x 2 identities
+
+
+def test_works_as_dataloader_batch_sampler() -> None:
+    labels = make_labels()
+    dataset = TensorDataset(torch.arange(len(labels)), torch.as_tensor(labels))
+    sampler = IdentityBalancedBatchSampler(labels.tolist(), batch_size=6, num_instances=3)
+    loader = DataLoader(dataset, batch_sampler=sampler)
+    batches = list(loader)
+    assert len(batches) == len(loader) == len(sampler)
+    indices, batch_labels = batches[0]
+    assert torch.equal(batch_labels, torch.as_tensor(labels)[indices])
+    assert len(torch.unique(batch_labels)) == 2
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"batch_size": 10, "num_instances": 4}, "batch_size"),
+        ({"batch_size": 8, "num_instances": 1}, "num_instances"),
+        ({"batch_size": 4, "num_instances": 4}, "1 identity per batch"),
+        ({"batch_size": 200, "num_instances": 4}, "num_replicas=1"),
+        ({"batch_size": 40, "num_instances": 4, "num_replicas": 3, "rank": 0}, "num_replicas=3"),
+        ({"batch_size": 8, "num_instances": 4, "num_replicas": 2, "rank": 2}, "rank"),
+    ],
+)
+def test_bad_settings_name_the_argument(kwargs: dict, message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        IdentityBalancedBatchSampler(make_labels(), **kwargs)
+
+
+def test_bad_labels() -> None:
+    with pytest.raises(ValueError, match="at least 2"):
+        IdentityBalancedBatchSampler([3, 3, 3, 3], batch_size=4, num_instances=2)
+    with pytest.raises(ValueError, match="labels"):
+        IdentityBalancedBatchSampler(np.zeros((4, 2), dtype=int), batch_size=4, num_instances=2)
+    with pytest.raises(ValueError, match="labels"):
+        IdentityBalancedBatchSampler([0.5, 1.5], batch_size=4, num_instances=2)

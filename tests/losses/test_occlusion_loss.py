@@ -1,0 +1,70 @@
+"""Occlusion-map MSE and exact area downsampling of visibility masks."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from oaml.losses import OcclusionLoss
+from oaml.losses.occlusion import downsample_visibility
+
+
+def test_loss_is_mean_squared_error() -> None:
+    pred = torch.tensor([[[[0.0, 1.0], [0.5, 0.25]]]])
+    target = torch.tensor([[[[1.0, 1.0], [0.0, 0.25]]]])
+    assert OcclusionLoss()(pred, target).item() == pytest.approx((1.0 + 0.0 + 0.25 + 0.0) / 4)
+
+
+def test_loss_gradient_reaches_prediction() -> None:
+    pred = torch.full((2, 1, 3, 3), 0.5, requires_grad=True)
+    target = torch.zeros(2, 1, 3, 3)
+    OcclusionLoss()(pred, target).backward()
+    torch.testing.assert_close(pred.grad, torch.full((2, 1, 3, 3), 2 * 0.5 / 18))
+
+
+def test_loss_rejects_nan_range_and_shape() -> None:
+    pred = torch.rand(2, 1, 3, 3)
+    target = torch.rand(2, 1, 3, 3)
+    target[1, 0, 2, 2] = float("nan")
+    with pytest.raises(ValueError, match="NaN"):
+        OcclusionLoss()(pred, target)
+    with pytest.raises(ValueError, match=r"\[0, 1\]"):
+        OcclusionLoss()(pred, torch.full((2, 1, 3, 3), 2.0))
+    with pytest.raises(ValueError, match="downsample_visibility"):
+        OcclusionLoss()(pred, torch.rand(2, 1, 6, 6))
+    with pytest.raises(ValueError, match=r"\[B, 1, H, W\]"):
+        OcclusionLoss()(torch.rand(2, 3, 3), torch.rand(2, 3, 3))
+
+
+def test_downsample_divisible_equals_area_pooling() -> None:
+    mask = (torch.rand(2, 1, 112, 112) > 0.5).float()
+    out = downsample_visibility(mask, (7, 7))
+    torch.testing.assert_close(out, F.adaptive_avg_pool2d(mask, 7))
+    torch.testing.assert_close(out[0, 0, 0, 0], mask[0, 0, :16, :16].mean())
+
+
+def test_downsample_non_divisible_is_exact_area_average() -> None:
+    mask = torch.tensor([[[[1.0, 0.0, 1.0], [0.0, 0.0, 0.0]]]])  # H=2, W=3 -> (1, 2)
+    out = downsample_visibility(mask, (1, 2))
+    # Cell 0 covers columns [0, 1.5): column 0 fully, column 1 half -> (1 + 0 + 0.5 * (0 + 0)) / (2 * 1.5).
+    torch.testing.assert_close(out, torch.tensor([[[[1.0 / 3.0, 1.0 / 3.0]]]]))
+    big = torch.rand(3, 1, 50, 45)
+    small = downsample_visibility(big, (7, 7))
+    assert small.shape == (3, 1, 7, 7)
+    torch.testing.assert_close(small.mean(dim=(2, 3)), big.mean(dim=(2, 3)))  # equal-area cells keep the mean
+    assert small.min() >= 0.0 and small.max() <= 1.0
+
+
+def test_downsample_accepts_bool_and_rejects_bad_input() -> None:
+    mask = torch.zeros(1, 1, 4, 4, dtype=torch.bool)
+    mask[..., :2, :] = True
+    torch.testing.assert_close(
+        downsample_visibility(mask, (2, 2)), torch.tensor([[[[1.0, 1.0], [0.0, 0.0]]]])
+    )
+    with pytest.raises(TypeError, match="uint8"):
+        downsample_visibility(torch.zeros(1, 1, 4, 4, dtype=torch.uint8), (2, 2))
+    with pytest.raises(ValueError, match="size"):
+        downsample_visibility(torch.zeros(1, 1, 4, 4), (2, 0))
+    with pytest.raises(ValueError, match="mask"):
+        downsample_visibility(torch.zeros(1, 2, 4, 4), (2, 2))
