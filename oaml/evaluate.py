@@ -15,6 +15,7 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
 from oaml.data.datamodule import OAMLDataModule
+from oaml.data.val_sets import build_val_sets
 from oaml.training.build import load_checkpoint, model_from_checkpoint
 from oaml.training.report import print_metrics_table, write_metrics_json
 from oaml.training.run_dir import claim_run_dir
@@ -25,7 +26,7 @@ def evaluate(cfg: DictConfig) -> dict[str, float]:
     pl.seed_everything(cfg.seed, workers=True)
     checkpoint = load_checkpoint(cfg.ckpt)
     datamodule = OAMLDataModule(
-        val_sets=instantiate(cfg.val.sets),
+        val_sets=build_val_sets(cfg.val, seed=cfg.seed, image_size=checkpoint["oaml"]["backbone"]["input_size"]),
         val_batch_size=cfg.data.val_batch_size,
         num_workers=cfg.data.num_workers,
         channel_order=cfg.data.channel_order or checkpoint["oaml"].get("channel_order", "rgb"),

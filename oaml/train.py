@@ -15,6 +15,7 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
+from oaml.data.val_sets import build_val_sets
 from oaml.training.build import build_model
 from oaml.training.report import print_metrics_table, write_metrics_json
 from oaml.training.run_dir import claim_run_dir
@@ -25,8 +26,14 @@ def train(cfg: DictConfig) -> dict[str, float]:
     run_dir = claim_run_dir(Path(HydraConfig.get().runtime.output_dir))
     pl.seed_everything(cfg.seed, workers=True)
 
-    datamodule = instantiate(cfg.data, val_sets=instantiate(cfg.val.sets))
-    model = build_model(cfg, num_classes=datamodule.num_classes, val_set_names=datamodule.val_set_names)
+    val_sets = build_val_sets(cfg.val, seed=cfg.seed, image_size=cfg.backbone.input_size)
+    datamodule = instantiate(cfg.data, val_sets=val_sets)
+    model = build_model(
+        cfg,
+        num_classes=datamodule.num_classes,
+        val_set_names=datamodule.val_set_names,
+        occlusion_supervised=datamodule.occlusion_supervised,
+    )
 
     callbacks = [instantiate(c) for c in cfg.callbacks.values() if c is not None]
     trainer: pl.Trainer = instantiate(

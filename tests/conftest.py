@@ -17,31 +17,38 @@ REPO = Path(__file__).resolve().parents[1]
 CONF_DIR = REPO / "conf"
 
 # A few steps on a dozen synthetic identities: seconds on 2 CPU cores, every branch and metric exercised.
-TINY_OVERRIDES = [
+SYNTHETIC_TINY = [
     "data.train.num_identities=12",
     "data.train.images_per_identity=4",
-    "data.batch_size=16",
-    "data.num_workers=0",
-    "data.val_batch_size=40",
     "val.sets.synthetic.num_pairs=40",
     "val.sets.synthetic.num_identities=16",
     "val.sets.synthetic_occluded.num_pairs=40",
     "val.sets.synthetic_occluded.num_identities=16",
+]
+LOOP_TINY = [
+    "data.batch_size=16",
+    "data.num_workers=0",
+    "data.val_batch_size=40",
     "trainer.max_epochs=1",
     "trainer.max_steps=3",
     "trainer.log_every_n_steps=1",
     "trainer.enable_progress_bar=false",
     "callbacks.progress_bar=null",
 ]
+TINY_OVERRIDES = SYNTHETIC_TINY + LOOP_TINY
 
 torch.set_num_threads(min(2, os.cpu_count() or 1))
 
 
 def compose_train_config(run_dir: Path, overrides: Sequence[str] = ()) -> DictConfig:
-    """The config `python -m oaml.train` would run, with Hydra's runtime output dir set to ``run_dir``."""
+    """The config `python -m oaml.train` would run, with Hydra's runtime output dir set to ``run_dir``.
+
+    The synthetic-data sizes apply only while the synthetic data is selected (``data=...`` replaces it).
+    """
+    base = LOOP_TINY if any(o.startswith("data=") for o in overrides) else TINY_OVERRIDES
     GlobalHydra.instance().clear()
     with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
-        cfg = compose(config_name="train", overrides=[*TINY_OVERRIDES, *overrides], return_hydra_config=True)
+        cfg = compose(config_name="train", overrides=[*base, *overrides], return_hydra_config=True)
     with open_dict(cfg):
         cfg.hydra.runtime.output_dir = str(run_dir)
         cfg.hydra.job.num = 0

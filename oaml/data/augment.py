@@ -105,6 +105,9 @@ class OccluderAugment:
     (oaml.data.occluders scales the template to other sizes).
     """
 
+    # The visibility it returns is exact: the training code may supervise the OcclusionHead with it.
+    provides_visibility = True
+
     def __init__(self, probabilities: Mapping[str, float], seed: int = 0) -> None:
         self.occluder = RandomOccluder(probabilities)
         self._rng = WorkerSeededGenerator(seed, "OccluderAugment")

@@ -1,9 +1,15 @@
-"""The LightningDataModule: identity-balanced training batches and pair-sharded verification sets.
+"""The LightningDataModule: two training streams and pair-sharded verification sets.
 
-Datasets arrive already constructed (Hydra instantiates them from ``data.train`` and ``val.sets``), so this
-module only decides *how* they are loaded: P identities x K images per training batch (QAConv's pairwise
-loss needs positives inside every batch), whole pairs per validation batch and per rank, and the uint8 ->
-float conversion on the device after transfer (cheaper to move uint8, and it is the one channel-order point).
+Datasets arrive already constructed (Hydra instantiates them from ``data.train``, ``data.masks`` and
+``val.sets``), so this module only decides *how* they are loaded:
+
+- the main stream: P identities x K images per batch (QAConv's pairwise loss needs positives in every batch);
+- the occlusion stream (when a mask set is configured): mask-set faces mixed with clean main-stream faces
+  (``MaskStream``), cycled alongside the main stream by Lightning's ``CombinedLoader`` (``max_size_cycle``);
+  a training batch is then ``{"main": (images, labels, visibility), "masks": (images, visibility)}``;
+- validation: whole pairs per batch and per rank;
+- the uint8 -> float conversion on the device after transfer (cheaper to move uint8, and the one place
+  where ``channel_order`` is applied).
 """
 
 from __future__ import annotations
@@ -12,8 +18,10 @@ from collections.abc import Mapping
 from typing import Any
 
 import lightning.pytorch as pl
-from torch.utils.data import DataLoader, Dataset
+from lightning.pytorch.utilities import CombinedLoader
+from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
+from oaml.data.mask_stream import MaskStream, provides_visibility
 from oaml.data.normalize import check_channel_order, normalize_faces
 from oaml.data.pair_sharding import IndexedPairs, PairShardSampler
 from oaml.data.sampler import IdentityBalancedBatchSampler
@@ -24,7 +32,10 @@ class OAMLDataModule(pl.LightningDataModule):
         self,
         train: Dataset | None = None,
         val_sets: Mapping[str, Dataset] | None = None,
+        masks: Dataset | None = None,
         batch_size: int = 64,
+        mask_batch_size: int = 16,
+        mask_clean_fraction: float = 0.2,
         num_instances: int = 4,
         val_batch_size: int = 128,
         num_workers: int = 2,
@@ -42,7 +53,11 @@ class OAMLDataModule(pl.LightningDataModule):
             raise ValueError(
                 f"data.val_batch_size must be even so batches hold whole pairs, got {val_batch_size}"
             )
+        if masks is not None and train is None:
+            raise ValueError("data.masks needs data.train: the mask stream mixes in clean main-stream faces")
         self.train_set = train
+        self.mask_stream = MaskStream(masks, train, mask_clean_fraction, seed) if masks is not None else None
+        self.mask_batch_size = mask_batch_size
         self.val_sets = {name: IndexedPairs(ds, name) for name, ds in (val_sets or {}).items()}
         self.batch_size = batch_size
         self.num_instances = num_instances
@@ -64,6 +79,13 @@ class OAMLDataModule(pl.LightningDataModule):
         return self.train_set
 
     @property
+    def occlusion_supervised(self) -> bool:
+        """Whether any training image has a known visibility target (else the occlusion loss is pointless)."""
+        return self.mask_stream is not None or (
+            self.train_set is not None and provides_visibility(self.train_set)
+        )
+
+    @property
     def val_set_names(self) -> list[str]:
         return list(self.val_sets)
 
@@ -80,7 +102,7 @@ class OAMLDataModule(pl.LightningDataModule):
             **kwargs,
         )
 
-    def train_dataloader(self) -> DataLoader:
+    def train_dataloader(self) -> DataLoader | CombinedLoader:
         world_size, rank = self._world()
         sampler = IdentityBalancedBatchSampler(
             self._require_train().labels,
@@ -90,7 +112,16 @@ class OAMLDataModule(pl.LightningDataModule):
             num_replicas=world_size,
             rank=rank,
         )
-        return self._loader(self.train_set, batch_sampler=sampler)
+        main = self._loader(self.train_set, batch_sampler=sampler)
+        if self.mask_stream is None:
+            return main
+        mask_sampler = DistributedSampler(
+            self.mask_stream, num_replicas=world_size, rank=rank, shuffle=True, seed=self.seed, drop_last=True
+        )
+        masks = self._loader(
+            self.mask_stream, batch_size=self.mask_batch_size, sampler=mask_sampler, drop_last=True
+        )
+        return CombinedLoader({"main": main, "masks": masks}, mode="max_size_cycle")
 
     def val_dataloader(self) -> list[DataLoader]:
         world_size, rank = self._world()
@@ -104,5 +135,9 @@ class OAMLDataModule(pl.LightningDataModule):
         ]
 
     def on_after_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
+        if isinstance(batch, Mapping):  # the two training streams
+            return {
+                name: self.on_after_batch_transfer(stream, dataloader_idx) for name, stream in batch.items()
+            }
         images, *rest = batch
         return [normalize_faces(images, self.channel_order), *rest]

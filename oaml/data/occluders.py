@@ -53,35 +53,34 @@ def _pixel_grid(height: int, width: int) -> tuple[np.ndarray, np.ndarray]:
 def similarity_from_landmarks(landmarks: np.ndarray) -> np.ndarray:
     """Least-squares similarity transform (2x3, template -> image) taking the 112 template onto ``landmarks``.
 
-    Umeyama's closed form (Umeyama 1991, "Least-squares estimation of transformation parameters between two
-    point patterns"), the estimator InsightFace uses to align faces in the first place.
+    The closed form for a rotation, uniform scale and shift (the reflection-free case of Umeyama 1991,
+    "Least-squares estimation of transformation parameters between two point patterns"): the estimator
+    InsightFace uses to align faces in the first place.
     """
     dst = np.asarray(landmarks, dtype=np.float64)
     if dst.shape != (5, 2) or not np.all(np.isfinite(dst)):
         raise ValueError(f"landmarks must be a finite [5, 2] array (x, y per point), got shape {dst.shape}")
-    src = TEMPLATE_112
-    src_mean, dst_mean = src.mean(0), dst.mean(0)
-    src_c, dst_c = src - src_mean, dst - dst_mean
-    cov = dst_c.T @ src_c / len(src)
-    u, s, vt = np.linalg.svd(cov)
-    d = np.ones(2)
-    if np.linalg.det(u) * np.linalg.det(vt) < 0:
-        d[1] = -1.0
-    rot = u @ np.diag(d) @ vt
-    scale = (s * d).sum() / src_c.var(0).sum()
-    matrix = np.empty((2, 3))
-    matrix[:, :2] = scale * rot
-    matrix[:, 2] = dst_mean - scale * rot @ src_mean
-    return matrix
+    src_mean, dst_mean = TEMPLATE_112.mean(0), dst.mean(0)
+    (x, y), (u, v) = (TEMPLATE_112 - src_mean).T, (dst - dst_mean).T
+    norm = (x * x + y * y).sum()
+    a, b = (x * u + y * v).sum() / norm, (x * v - y * u).sum() / norm  # scale * (cos, sin)
+    linear = np.array([[a, -b], [b, a]])
+    return np.hstack([linear, (dst_mean - linear @ src_mean)[:, None]])
 
 
 def _template_coordinates(
-    height: int, width: int, landmarks: np.ndarray | None, rng: np.random.Generator
-) -> tuple[np.ndarray, np.ndarray]:
-    """Template coordinates (tx, ty) of every pixel, including a small random placement jitter.
+    height: int,
+    width: int,
+    landmarks: np.ndarray | None,
+    rng: np.random.Generator,
+    box: tuple[float, float, float, float] | None,
+) -> tuple[np.ndarray, np.ndarray, tuple[slice, slice]]:
+    """Template coordinates (tx, ty) of the pixels an occluder can reach, including a random placement jitter.
 
     Without landmarks the image is taken to be an aligned crop: the template is scaled to the image size.
     The jitter (rotation +-3 degrees, scale +-4 %, shift +-2 template pixels) moves the occluder, not the face.
+    ``box`` (x0, x1, y0, y1), in template coordinates, bounds the occluder; only the pixels inside its image
+    (the returned row and column slices) are computed. None: the whole image.
     """
     if landmarks is None:
         to_image = np.array([[width / TEMPLATE_SIZE, 0.0, 0.0], [0.0, height / TEMPLATE_SIZE, 0.0]])
@@ -95,11 +94,21 @@ def _template_coordinates(
     centre = np.array(_FACE_CENTRE)
     jitter[:2, 2] = centre + shift - jitter[:2, :2] @ centre
     full = np.vstack([to_image, [0.0, 0.0, 1.0]]) @ jitter  # jittered template -> image
+    window = (slice(0, height), slice(0, width))
+    if box is not None:
+        x0, x1, y0, y1 = box
+        corners = full[:2, :2] @ np.array([[x0, x0, x1, x1], [y0, y1, y0, y1]]) + full[:2, 2:]
+        (cx0, cy0), (cx1, cy1) = np.floor(corners.min(1)), np.ceil(corners.max(1)) + 1
+        window = (
+            slice(int(np.clip(cy0, 0, height)), int(np.clip(cy1, 0, height))),
+            slice(int(np.clip(cx0, 0, width)), int(np.clip(cx1, 0, width))),
+        )
     inverse = np.linalg.inv(full)
     xs, ys = _pixel_grid(height, width)
+    xs, ys = xs[window], ys[window]
     tx = (inverse[0, 0] * xs + inverse[0, 1] * ys + inverse[0, 2]).astype(np.float32)
     ty = (inverse[1, 0] * xs + inverse[1, 1] * ys + inverse[1, 2]).astype(np.float32)
-    return tx, ty
+    return tx, ty, window
 
 
 def _superellipse(u: np.ndarray, v: np.ndarray, power: int) -> np.ndarray:
@@ -133,7 +142,9 @@ def _niqab_colour(rng: np.random.Generator) -> np.ndarray:
     if u < 0.55:
         return _hsv(rng.random(), rng.uniform(0.0, 0.3), rng.uniform(0.03, 0.14))
     if u < 0.85:
-        return _hsv(rng.choice([0.6, 0.07, 0.97, 0.35]) + rng.uniform(-0.03, 0.03), 0.5, rng.uniform(0.15, 0.4))
+        return _hsv(
+            rng.choice([0.6, 0.07, 0.97, 0.35]) + rng.uniform(-0.03, 0.03), 0.5, rng.uniform(0.15, 0.4)
+        )
     return _hsv(rng.uniform(0.05, 0.12), rng.uniform(0.0, 0.35), rng.uniform(0.35, 0.8))
 
 
@@ -154,9 +165,31 @@ def _col(colour: np.ndarray) -> np.ndarray:
     return np.asarray(colour, dtype=np.float32).reshape(3, 1, 1)
 
 
+@lru_cache(maxsize=4)
+def _noise_bank(side: int) -> np.ndarray:
+    bank = np.random.default_rng(0x0A3F).standard_normal((side, side), dtype=np.float32)
+    bank.setflags(write=False)
+    return bank
+
+
+def noise_field(rng: np.random.Generator, height: int, width: int) -> np.ndarray:
+    """Standard-normal pixel noise, float32 [H, W] (a read-only view).
+
+    A window at a random offset into a fixed bank at least twice the size: per-pixel noise for the price of
+    two random integers, which matters when every image of a training set needs its own noise. Windows at
+    different offsets are distinct patterns; the bank itself is fixed, so results stay deterministic.
+    """
+    side = 256
+    while side < 2 * max(height, width):
+        side *= 2
+    bank = _noise_bank(side)
+    y, x = rng.integers(0, side - height + 1), rng.integers(0, side - width + 1)
+    return bank[y : y + height, x : x + width]
+
+
 def _fine_noise(rng: np.random.Generator, shape: tuple[int, int], sigma: float) -> np.ndarray:
     """Grey per-pixel noise [1, H, W] (weave, print grain)."""
-    return rng.standard_normal((1,) + shape, dtype=np.float32) * np.float32(sigma)
+    return noise_field(rng, *shape)[None] * np.float32(sigma)
 
 
 def _wave(rng: np.random.Generator, tx: np.ndarray, ty: np.ndarray, min_period: float, max_period: float):
@@ -306,22 +339,26 @@ def _blobs(rng: np.random.Generator, tx: np.ndarray, ty: np.ndarray) -> tuple[np
         c, s = math.cos(angle), math.sin(angle)
         u = ((tx - cx) * c + (ty - cy) * s) / a
         v = (-(tx - cx) * s + (ty - cy) * c) / b
-        phi = np.arctan2(v, u)
-        radius = np.ones_like(tx)
+        q = u * u + v * v
+        near = q <= 1.36**2  # the harmonics below change the radius by at most 3 * 0.12
+        phi = np.arctan2(v[near], u[near])
+        radius = np.ones_like(phi)
         for k in (2, 3, 5):
             radius += rng.uniform(0.0, 0.12) * np.cos(k * phi + rng.uniform(0, 2 * math.pi))
-        blob = u * u + v * v <= radius * radius
+        blob = np.zeros_like(near)
+        blob[near] = q[near] <= radius * radius
         tex = np.where(blob[None], _random_texture(rng, tx, ty), tex)
         hidden |= blob
     return hidden, tex
 
 
-_SHAPES: dict[str, ShapeFn] = {
-    "niqab": _niqab,
-    "medical_mask": _medical_mask,
-    "sunglasses": _sunglasses,
-    "blocks": _blocks,
-    "blobs": _blobs,
+# Each type with a bound (x0, x1, y0, y1) in template coordinates on everything it can draw (None: anywhere).
+_SHAPES: dict[str, tuple[ShapeFn, tuple[float, float, float, float] | None]] = {
+    "niqab": (_niqab, None),
+    "medical_mask": (_medical_mask, (-8.0, TEMPLATE_SIZE + 8.0, 50.0, TEMPLATE_SIZE + 24.0)),
+    "sunglasses": (_sunglasses, (-8.0, TEMPLATE_SIZE + 8.0, 34.0, 68.0)),
+    "blocks": (_blocks, None),
+    "blobs": (_blobs, None),
 }
 assert tuple(_SHAPES) == OCCLUDER_TYPES
 
@@ -330,7 +367,7 @@ assert tuple(_SHAPES) == OCCLUDER_TYPES
 
 
 def _check_kind(kind: str) -> None:
-    if kind not in _SHAPES:
+    if not isinstance(kind, str) or kind not in _SHAPES:
         raise ValueError(f"unknown occluder type {kind!r}; valid types are {', '.join(OCCLUDER_TYPES)}")
 
 
@@ -358,17 +395,27 @@ def apply_occluder(
     _check_kind(kind)
     _check_image(image)
     height, width = image.shape[:2]
-    tx, ty = _template_coordinates(height, width, landmarks, rng)
-    hidden, texture = _SHAPES[kind](rng, tx, ty)
+    shape, box = _SHAPES[kind]
+    tx, ty, window = _template_coordinates(height, width, landmarks, rng, box)
+    visibility = np.ones((height, width), np.float32)
+    if tx.size == 0:  # the occluder lies entirely outside this image
+        return image.copy(), visibility
+    hidden, texture = shape(rng, tx, ty)
+    # Channel-first select, so the per-pixel choice broadcasts over the leading (channel) axis.
+    region = image[window].transpose(2, 0, 1)
+    drawn = np.where(hidden[None], np.clip(texture, 0.0, 255.0).astype(np.uint8), region)
     out = image.copy()
-    out[hidden] = np.clip(texture[:, hidden], 0.0, 255.0).astype(np.uint8).T
-    return out, (~hidden).astype(np.float32)
+    out[window] = drawn.transpose(1, 2, 0)
+    visibility[window] = ~hidden
+    return out, visibility
 
 
 def validate_occluder_probabilities(probabilities: Mapping[str, float]) -> dict[str, float]:
     """Check a {type: probability} mapping (known types, finite, >= 0, sum <= 1) and return it as a dict."""
     if not isinstance(probabilities, Mapping):
-        raise ValueError(f"occluder probabilities must be a mapping {{type: probability}}, got {probabilities!r}")
+        raise ValueError(
+            f"occluder probabilities must be a mapping {{type: probability}}, got {probabilities!r}"
+        )
     checked: dict[str, float] = {}
     for kind, p in probabilities.items():
         _check_kind(kind)

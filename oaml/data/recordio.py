@@ -497,11 +497,11 @@ class RecordIODataset(Dataset):
 
     def __init__(
         self,
-        root_or_rec_path: str | os.PathLike[str],
+        root: str | os.PathLike[str],
         transform: Any = None,
         name: str = "train",
     ) -> None:
-        rec_path, idx_path = _resolve_paths(root_or_rec_path, name)
+        rec_path, idx_path = _resolve_paths(root, name)
         self.record_file = RecordIOFile(rec_path, idx_path)
         self.transform = transform
         self.image_keys, self.labels = self._index_images()

@@ -29,7 +29,13 @@ from PIL import Image, ImageFilter
 from torch.utils.data import Dataset
 
 from oaml.data.face_template import TEMPLATE_112, TEMPLATE_SIZE
-from oaml.data.occluders import OCCLUDER_TYPES, RandomOccluder, apply_occluder, validate_occluder_probabilities
+from oaml.data.occluders import (
+    OCCLUDER_TYPES,
+    RandomOccluder,
+    apply_occluder,
+    noise_field,
+    validate_occluder_probabilities,
+)
 
 DEFAULT_OCCLUDERS: dict[str, float] = {
     "niqab": 0.15,
@@ -105,11 +111,21 @@ class _Canvas:
         self.alpha = np.zeros((size, size), np.float32)
         self._box: tuple[slice, slice] = (slice(0, size), slice(0, size))
 
+    def _pixels(self, start: float, stop: float) -> slice:
+        """The pixel rows or columns covering template coordinates [start, stop], clipped to the canvas."""
+        first = int(math.floor(start * self.scale))
+        last = int(math.ceil(stop * self.scale)) + 1
+        return slice(min(max(first, 0), self.size), min(max(last, 0), self.size))
+
     def window(self, x0: float, x1: float, y0: float, y1: float) -> tuple[np.ndarray, np.ndarray]:
-        lo = lambda v: min(max(int(math.floor(v * self.scale)), 0), self.size)  # noqa: E731
-        hi = lambda v: min(max(int(math.ceil(v * self.scale)) + 1, 0), self.size)  # noqa: E731
-        self._box = (slice(lo(y0), hi(y1)), slice(lo(x0), hi(x1)))
+        """Select the box for the next :meth:`paint`; return its template coordinates (row, column)."""
+        self._box = (self._pixels(y0, y1), self._pixels(x0, x1))
         return self.coords[None, self._box[1]], self.coords[self._box[0], None]
+
+    @property
+    def box(self) -> tuple[slice, slice]:
+        """(rows, columns) of the current window."""
+        return self._box
 
     def paint(self, coverage: np.ndarray, colour, solid: bool = False) -> None:
         """Blend ``colour`` (RGB or per-pixel) into the last window; ``solid`` layers also add to alpha."""
@@ -124,7 +140,7 @@ class _Canvas:
 class _FaceBase:
     """One identity drawn in canonical (template) pose, plus what posing and lighting need."""
 
-    rgba: np.ndarray  # uint8 [S, S, 4] premultiplied ("RGBa"), so warping does not bleed black into edges
+    image: Image.Image  # premultiplied RGBA ("RGBa"), so that warping does not bleed black into the edges
     landmarks: np.ndarray  # float64 [5, 2] in template coordinates
     head: tuple[float, float, float]  # (half width, half height, centre y) of the head ellipsoid for shading
 
@@ -231,7 +247,9 @@ def _render_identity(rng: np.random.Generator, size: int) -> _FaceBase:
         canvas.paint(_soft(back, px), hair, solid=True)
     neck_top = face_cy + chin * 0.5
     tx, ty = canvas.window(_FACE_CX - neck_w - 1, _FACE_CX + neck_w + 1, neck_top - 1, TEMPLATE_SIZE)
-    canvas.paint(_soft(np.maximum(np.abs(tx - _FACE_CX) - neck_w, neck_top - ty), px), skin * 0.78, solid=True)
+    canvas.paint(
+        _soft(np.maximum(np.abs(tx - _FACE_CX) - neck_w, neck_top - ty), px), skin * 0.78, solid=True
+    )
     for side in (-1.0, 1.0):
         ex, ea, eb = _FACE_CX + side * (face_a + 1.5), 4.0 * ear_scale, 9.0 * ear_scale
         tx, ty = canvas.window(ex - ea - 1, ex + ea + 1, ear_y - eb - 1, ear_y + eb + 1)
@@ -244,7 +262,7 @@ def _render_identity(rng: np.random.Generator, size: int) -> _FaceBase:
     upper = np.sqrt((dx / face_a) ** 2 + (dy / face_top) ** 2)
     lower = ((dx / jaw_a) ** jaw_power + (np.maximum(dy, 0.0) / chin) ** jaw_power) ** (1.0 / jaw_power)
     face_cov = _soft((np.where(dy < 0, upper, lower) - 1.0) * jaw_a, px)
-    box = canvas._box
+    box = canvas.box
     skin_tex = np.empty(face_cov.shape + (3,), np.float32)
     skin_tex[:] = skin
     skin_tex += texture_amp * _upsampled_field(texture_field, size)[box][..., None]
@@ -257,14 +275,20 @@ def _render_identity(rng: np.random.Generator, size: int) -> _FaceBase:
             bx = _FACE_CX + side * 24.0
             tx, ty = canvas.window(bx - 20, bx + 20, 76.0 - 15, 76.0 + 15)
             glow = np.exp(-(((tx - bx) / 8.0) ** 2 + ((ty - 76.0) / 6.0) ** 2))
-            canvas.paint(face_mask[canvas._box] * blush * glow, (200.0, 70.0, 70.0))
+            canvas.paint(face_mask[canvas.box] * blush * glow, (200.0, 70.0, 70.0))
 
     # Hair on top of the head, and side curtains for long hair.
     head_box = (_FACE_CX - head_a - 1, _FACE_CX + head_a + 1, face_cy - head_b - 1)
     tx, ty = canvas.window(*head_box, hairline + side_drop + fringe + 1)
-    line = hairline + side_drop * ((tx - _FACE_CX) / face_a) ** 4 + fringe * np.sin(fringe_freq * tx + fringe_phase)
+    line = (
+        hairline
+        + side_drop * ((tx - _FACE_CX) / face_a) ** 4
+        + fringe * np.sin(fringe_freq * tx + fringe_phase)
+    )
     head = _ellipse_distance(tx, ty, _FACE_CX, face_cy, head_a, head_b)
-    canvas.paint(_soft(np.maximum(head, ty - line), px) * (0.45 if hair_style == 2 else 1.0), hair, solid=True)
+    canvas.paint(
+        _soft(np.maximum(head, ty - line), px) * (0.45 if hair_style == 2 else 1.0), hair, solid=True
+    )
     if hair_style == 1:
         tx, ty = canvas.window(*head_box, curtain_end + 1)
         head = _ellipse_distance(tx, ty, _FACE_CX, face_cy, head_a, head_b)
@@ -300,7 +324,9 @@ def _render_identity(rng: np.random.Generator, size: int) -> _FaceBase:
     for side in (-1.0, 1.0):
         bx = nx + side * bridge_half
         tx, ty = canvas.window(bx - 2, bx + 2, bridge_cy - bridge_len - 1, bridge_cy + bridge_len + 1)
-        canvas.paint(_soft(_band_distance(tx, bx, 0.8, ty, bridge_cy, bridge_len), px) * nose_shade, skin * 0.6)
+        canvas.paint(
+            _soft(_band_distance(tx, bx, 0.8, ty, bridge_cy, bridge_len), px) * nose_shade, skin * 0.6
+        )
         ox, oy, oa, ob = nx + side * nose_w * 0.4, ny + 2.0, nostril * 1.3, nostril * 0.8
         tx, ty = canvas.window(ox - oa - 1, ox + oa + 1, oy - ob - 1, oy + ob + 1)
         canvas.paint(_soft(_ellipse_distance(tx, ty, ox, oy, oa, ob), px), skin * 0.35)
@@ -316,7 +342,7 @@ def _render_identity(rng: np.random.Generator, size: int) -> _FaceBase:
         stubble = 0.75 + 0.25 * np.sin(tx * 2.3) * np.sin(ty * 2.9)
         strength = beard_alpha if facial_hair == 2 else 0.3
         mouth_line = my - smile * ((tx - mx) / mw) ** 2 + smile * 0.3
-        cover = face_mask[canvas._box] * _soft(mouth_line - 4.0 - ty, px) * strength * stubble
+        cover = face_mask[canvas.box] * _soft(mouth_line - 4.0 - ty, px) * strength * stubble
         canvas.paint(cover, hair * 0.8)
     tx, ty = canvas.window(mx - mw - 3, mx + mw + 3, my - 9.0 - abs(smile), my + lower_lip + 2 + abs(smile))
     xr = (tx - mx) / mw
@@ -325,22 +351,28 @@ def _render_identity(rng: np.random.Generator, size: int) -> _FaceBase:
     if facial_hair in (1, 2):  # moustache
         moustache = _band_distance(ty, mouth_line - upper_lip - 2.2, 1.8, tx, mx, mw + 2.0)
         canvas.paint(_soft(moustache, px) * 0.9, hair * 0.8)
-    upper_d = _band_distance(ty, mouth_line - upper_lip * lip_shape / 2, upper_lip * lip_shape / 2, tx, mx, mw)
-    lower_d = _band_distance(ty, mouth_line + lower_lip * lip_shape / 2, lower_lip * lip_shape / 2, tx, mx, mw)
+    upper_d = _band_distance(
+        ty, mouth_line - upper_lip * lip_shape / 2, upper_lip * lip_shape / 2, tx, mx, mw
+    )
+    lower_d = _band_distance(
+        ty, mouth_line + lower_lip * lip_shape / 2, lower_lip * lip_shape / 2, tx, mx, mw
+    )
     canvas.paint(_soft(upper_d, px), lips * 0.92)
     canvas.paint(_soft(lower_d, px), lips)
     canvas.paint(_soft(_band_distance(ty, mouth_line, 0.45, tx, mx, mw), px), lips * 0.45)
 
     for mole_x, mole_y, mole_r in moles:
-        tx, ty = canvas.window(mole_x - mole_r - 1, mole_x + mole_r + 1, mole_y - mole_r - 1, mole_y + mole_r + 1)
+        tx, ty = canvas.window(
+            mole_x - mole_r - 1, mole_x + mole_r + 1, mole_y - mole_r - 1, mole_y + mole_r + 1
+        )
         dot = _soft(np.sqrt((tx - mole_x) ** 2 + (ty - mole_y) ** 2) - mole_r, px)
-        canvas.paint(face_mask[canvas._box] * dot, skin * 0.45)
+        canvas.paint(face_mask[canvas.box] * dot, skin * 0.45)
 
     rgba = np.empty((size, size, 4), np.uint8)
     rgba[..., :3] = np.clip(canvas.rgb * canvas.alpha[..., None] + 0.5, 0.0, 255.0)
     rgba[..., 3] = np.clip(canvas.alpha * 255.0 + 0.5, 0.0, 255.0)
-    landmarks = np.stack([le, re, nose, ml, mr])
-    return _FaceBase(rgba=rgba, landmarks=landmarks, head=(head_a, head_b, face_cy))
+    image = Image.frombuffer("RGBa", (size, size), rgba.tobytes(), "raw", "RGBa", 0, 1)
+    return _FaceBase(image=image, landmarks=np.stack([le, re, nose, ml, mr]), head=(head_a, head_b, face_cy))
 
 
 # ---------------------------------------------------------------------------------------------- renderer
@@ -375,7 +407,9 @@ class FaceRenderer:
         if cached is not None:
             self._cache.move_to_end(identity)
             return cached
-        base = _render_identity(np.random.default_rng([self.seed, _IDENTITY_STREAM, identity]), self.image_size)
+        base = _render_identity(
+            np.random.default_rng([self.seed, _IDENTITY_STREAM, identity]), self.image_size
+        )
         if self.cache_size:
             self._cache[identity] = base
             if len(self._cache) > self.cache_size:
@@ -439,11 +473,12 @@ class FaceRenderer:
         out_to_in = to_pil @ to_pixels @ unpose @ np.linalg.inv(to_pixels) @ from_pil
         out_to_in /= out_to_in[2, 2]
         # Premultiplied RGBA ("RGBa") warps without dark fringes and composites with one multiply-add.
-        posed = Image.frombuffer("RGBa", (size, size), base.rgba.tobytes(), "raw", "RGBa", 0, 1).transform(
+        posed = base.image.transform(
             (size, size), Image.Transform.PERSPECTIVE, tuple(out_to_in.ravel()[:8]), Image.Resampling.BILINEAR
         )
-        layers = np.frombuffer(posed.tobytes(), np.uint8).reshape(size, size, 4).transpose(2, 0, 1)
-        layers = layers.astype(np.float32)  # [4, S, S]: premultiplied R, G, B and alpha
+        layers = (
+            np.asarray(posed).transpose(2, 0, 1).astype(np.float32)
+        )  # [4, S, S]: premultiplied RGB, alpha
 
         # Directional light (Lambert) on the posed head ellipsoid, on a coarse grid: shading is smooth.
         cx, cy = self._coarse_x, self._coarse_y
@@ -462,9 +497,15 @@ class FaceRenderer:
         # Background: a two-colour gradient with a soft wave.
         c1 = _hsv(rng.random(), rng.uniform(0.0, 0.6), rng.uniform(0.15, 0.95))
         c2 = _hsv(rng.random(), rng.uniform(0.0, 0.6), rng.uniform(0.15, 0.95))
-        angle, period, phase = rng.uniform(0, 2 * math.pi), rng.uniform(20.0, 80.0), rng.uniform(0, 2 * math.pi)
+        angle, period, phase = (
+            rng.uniform(0, 2 * math.pi),
+            rng.uniform(20.0, 80.0),
+            rng.uniform(0, 2 * math.pi),
+        )
         along = (cx * math.cos(angle) + cy * math.sin(angle)) / TEMPLATE_SIZE
-        t = np.clip(0.5 + 0.5 * along + 0.15 * np.sin(along * TEMPLATE_SIZE * 2 * math.pi / period + phase), 0, 1)
+        t = np.clip(
+            0.5 + 0.5 * along + 0.15 * np.sin(along * TEMPLATE_SIZE * 2 * math.pi / period + phase), 0, 1
+        )
 
         # Camera: colour cast, brightness and contrast as one per-channel affine map; blur; sensor noise.
         gains = np.exp(rng.normal(0.0, 0.05, size=3)) * rng.uniform(0.78, 1.18)
@@ -478,10 +519,12 @@ class FaceRenderer:
         image = image * _col(gains * contrast) + np.float32(128.0 * (1.0 - contrast))
         if blur:  # optics blur first, then the sensor noise on top
             sharp = np.clip(image, 0.0, 255.0).astype(np.uint8).transpose(1, 2, 0)
-            blurred = Image.fromarray(np.ascontiguousarray(sharp)).filter(ImageFilter.GaussianBlur(blur * scale))
+            blurred = Image.fromarray(np.ascontiguousarray(sharp)).filter(
+                ImageFilter.GaussianBlur(blur * scale)
+            )
             image = np.asarray(blurred).transpose(2, 0, 1).astype(np.float32)
         if noise_sigma > 0.5:
-            image += rng.standard_normal((1, size, size), dtype=np.float32) * np.float32(noise_sigma)
+            image += noise_field(rng, size, size)[None] * np.float32(noise_sigma)
         image = np.ascontiguousarray(np.clip(image, 0.0, 255.0).astype(np.uint8).transpose(1, 2, 0))
 
         homogeneous = np.c_[base.landmarks, np.ones(5)] @ pose.T
@@ -490,7 +533,9 @@ class FaceRenderer:
 
 
 def _to_tensors(image: np.ndarray, visibility: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
-    return torch.from_numpy(np.ascontiguousarray(image.transpose(2, 0, 1))), torch.from_numpy(visibility)[None]
+    return torch.from_numpy(np.ascontiguousarray(image.transpose(2, 0, 1))), torch.from_numpy(visibility)[
+        None
+    ]
 
 
 # ---------------------------------------------------------------------------------------------- datasets
@@ -523,7 +568,9 @@ class SyntheticFaces(Dataset):
         cache_size: int = 1024,
     ) -> None:
         self.num_identities = _check_nonnegative_int("num_identities", num_identities, minimum=1)
-        self.images_per_identity = _check_nonnegative_int("images_per_identity", images_per_identity, minimum=1)
+        self.images_per_identity = _check_nonnegative_int(
+            "images_per_identity", images_per_identity, minimum=1
+        )
         self.first_identity = _check_nonnegative_int("first_identity", first_identity)
         self.renderer = FaceRenderer(seed, image_size, cache_size)
         probabilities = DEFAULT_OCCLUDERS if occluders is None else occluders
@@ -585,7 +632,9 @@ def _allocate_kinds(weights: Mapping[str, float], count: int, rng: np.random.Gen
     when count allows), in a random order."""
     kinds = [k for k, w in weights.items() if w > 0]
     if not kinds:
-        raise ValueError(f"occluded pairs need at least one occluder type with weight > 0, got {dict(weights)}")
+        raise ValueError(
+            f"occluded pairs need at least one occluder type with weight > 0, got {dict(weights)}"
+        )
     w = np.array([weights[k] for k in kinds], np.float64)
     exact = w / w.sum() * count
     counts = np.floor(exact).astype(int)
@@ -632,7 +681,9 @@ class SyntheticPairs(Dataset):
         self.occluded = bool(occluded)
         self.renderer = FaceRenderer(seed, image_size, cache_size)
 
-        rng = np.random.default_rng([self.renderer.seed, _PAIR_LIST_STREAM, first_identity, num_identities, num_pairs])
+        rng = np.random.default_rng(
+            [self.renderer.seed, _PAIR_LIST_STREAM, first_identity, num_identities, num_pairs]
+        )
         n_genuine = num_pairs // 2
         issame = np.arange(num_pairs) < n_genuine
         first = rng.integers(0, num_identities, size=num_pairs)

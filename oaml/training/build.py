@@ -8,6 +8,7 @@ those config nodes (``checkpoint["oaml"]``), so evaluation and export rebuild ex
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -19,6 +20,8 @@ from torch import nn
 
 from oaml.losses import OcclusionLoss, PairwiseMatchingLoss
 from oaml.training.module import LOSS_NAMES, OAMLModule
+
+log = logging.getLogger(__name__)
 
 
 def build_parts(
@@ -32,16 +35,28 @@ def build_parts(
     return backbone, head, matcher
 
 
-def build_model(cfg: DictConfig, num_classes: int, val_set_names: Sequence[str]) -> OAMLModule:
+def build_model(
+    cfg: DictConfig, num_classes: int, val_set_names: Sequence[str], occlusion_supervised: bool = True
+) -> OAMLModule:
+    """The training model. Without any visibility target (``occlusion_supervised`` False) the occlusion
+    loss would only teach "all visible", so it is switched off, with a notice."""
     backbone, head, matcher = build_parts(cfg.backbone, cfg.head, cfg.matcher, num_classes)
     opt = cfg.optimizer
+    loss_weights = {name: float(cfg.loss[name]) for name in LOSS_NAMES}
+    if not occlusion_supervised and loss_weights["occlusion"] > 0:
+        log.warning(
+            "No visibility targets (no data.masks set, no occluder augmentation on data.train): "
+            "occlusion loss off (loss.occlusion %s -> 0).",
+            loss_weights["occlusion"],
+        )
+        loss_weights["occlusion"] = 0.0
     return OAMLModule(
         backbone=backbone,
         margin_head=head,
         matcher=matcher,
         matching_loss=instantiate(cfg.loss.matching),
         occlusion_loss=instantiate(cfg.loss.occlusion_loss),
-        loss_weights={name: cfg.loss[name] for name in LOSS_NAMES},
+        loss_weights=loss_weights,
         optimizer=instantiate(opt.optimizer),
         lr_scheduler=instantiate(opt.lr_scheduler) if opt.get("lr_scheduler") else None,
         scheduler_interval=opt.get("scheduler_interval", "epoch"),

@@ -14,6 +14,7 @@ QAConv's loss does reach the backbone: the feature maps it matches are not detac
 
 from __future__ import annotations
 
+import inspect
 from collections import defaultdict
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
@@ -88,19 +89,32 @@ class OAMLModule(pl.LightningModule):
         self.final_metrics: dict[str, float] = {}
 
     # ----------------------------------------------------------------------------------------- training
-    def training_step(self, batch: Sequence[Tensor], batch_idx: int) -> Tensor:
-        images, labels, visibility = batch[:3]
-        embedding, norm, predicted_visibility, feature_maps = self.backbone(images, return_occlusion=True)
+    def training_step(
+        self, batch: Sequence[Tensor] | Mapping[str, Sequence[Tensor]], batch_idx: int
+    ) -> Tensor:
+        """One backbone pass over main-stream and mask-stream images; each loss on the images it concerns."""
+        main, masks = (batch["main"], batch.get("masks")) if isinstance(batch, Mapping) else (batch, None)
+        images, labels, visibility = main[:3]
+        num_main = images.shape[0]
+        if masks is not None:
+            images = torch.cat([images, masks[0]])
+        embedding, norm, predicted_all, feature_maps = self.backbone(images, return_occlusion=True)
+        feature_size = tuple(predicted_all.shape[-2:])
 
-        logits = self.margin_head(embedding, norm, labels)
+        # Recognition losses: main-stream images only (mask-set faces carry no identity labels).
+        logits = self.margin_head(embedding[:num_main], norm[:num_main], labels)
         loss_adaface = F.cross_entropy(logits, labels)
-
-        qaconv_visibility = predicted_visibility.detach() if self.detach_visibility else predicted_visibility
-        scores = self.matcher(feature_maps, prob_occ=qaconv_visibility)  # self-matching: one map per side
+        predicted = predicted_all[:num_main]
+        qaconv_visibility = predicted.detach() if self.detach_visibility else predicted
+        # Self-matching of the batch: the probe visibility serves both sides.
+        scores = self.matcher(feature_maps[:num_main], prob_occ=qaconv_visibility)
         loss_qaconv, matching_acc = self.matching_loss(scores, labels)
 
-        target = downsample_visibility(visibility, tuple(predicted_visibility.shape[-2:]))
-        loss_occlusion = self.occlusion_loss(predicted_visibility, target)
+        # Occlusion loss: every image whose visibility is known, main stream and mask stream.
+        targets = [downsample_visibility(visibility, feature_size)]
+        if masks is not None:
+            targets.append(downsample_visibility(masks[1], feature_size))
+        loss_occlusion = self.occlusion_loss(predicted_all, torch.cat(targets))
 
         losses = {"adaface": loss_adaface, "qaconv": loss_qaconv, "occlusion": loss_occlusion}
         total = sum(self.loss_weights[name] * value for name, value in losses.items())
@@ -108,14 +122,13 @@ class OAMLModule(pl.LightningModule):
             raise FloatingPointError(
                 f"training loss is not finite at step {self.global_step}: "
                 + ", ".join(f"{k}={v.item():.4g}" for k, v in losses.items())
-                + " (lower optimizer.lr or enable trainer.gradient_clip_val)"
+                + " (lower optimizer.optimizer.lr or set trainer.gradient_clip_val)"
             )
-        batch_size = images.shape[0]
         for name, value in losses.items():
-            self.log(f"train/loss_{name}", value, batch_size=batch_size)
-        self.log("train/loss", total, prog_bar=True, batch_size=batch_size)
-        self.log("train/matching_acc", matching_acc, prog_bar=True, batch_size=batch_size)
-        self.log("train/feature_norm", norm.mean(), batch_size=batch_size)
+            self.log(f"train/loss_{name}", value, batch_size=num_main)
+        self.log("train/loss", total, prog_bar=True, batch_size=num_main)
+        self.log("train/matching_acc", matching_acc, prog_bar=True, batch_size=num_main)
+        self.log("train/feature_norm", norm[:num_main].mean(), batch_size=num_main)
         return total
 
     def configure_optimizers(self) -> Any:
@@ -140,7 +153,10 @@ class OAMLModule(pl.LightningModule):
         optimizer = self.optimizer_factory(params=[g for g in groups if g["params"]])
         if self.scheduler_factory is None:
             return optimizer
-        scheduler = self.scheduler_factory(optimizer=optimizer)
+        extra = {}
+        if "total_steps" in inspect.signature(self.scheduler_factory).parameters:
+            extra["total_steps"] = int(self.trainer.estimated_stepping_batches)
+        scheduler = self.scheduler_factory(optimizer=optimizer, **extra)
         return {
             "optimizer": optimizer,
             "lr_scheduler": {"scheduler": scheduler, "interval": self.scheduler_interval},

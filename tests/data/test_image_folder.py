@@ -7,7 +7,9 @@ import pytest
 import torch
 from PIL import Image
 
+from oaml.data.export_synthetic import export_synthetic
 from oaml.data.image_folder import ImageFolderDataset
+from oaml.data.synthetic import SyntheticFaces
 
 
 def _save(path, colour, size=(20, 20)):
@@ -101,3 +103,19 @@ def test_extensions_filter_resize_and_transform(tmp_path):
     image, _, visibility = resized[3]
     assert image.shape == (3, 8, 8) and visibility.shape == (1, 8, 8)
     assert image[:, 4, 4].tolist() == [10, 0, 0]
+
+
+def test_reads_the_synthetic_export_in_rgb(tmp_path):
+
+    export_synthetic(
+        tmp_path / "out", num_identities=3, images_per_identity=2, num_pairs=2, pair_identities=2, num_niqab=0
+    )
+    dataset = ImageFolderDataset(tmp_path / "out" / "identities")
+    assert dataset.num_classes == 3 and dataset.labels.tolist() == [0, 0, 1, 1, 2, 2]
+    faces = SyntheticFaces(3, 2, seed=0, occluders={})
+    for index in (0, 3, 5):
+        image, label, _ = dataset[index]
+        rendered, _ = faces.render(label, index % 2, None)
+        difference = np.abs(image.permute(1, 2, 0).numpy().astype(int) - rendered.astype(int))
+        swapped = np.abs(image.permute(1, 2, 0).numpy()[..., ::-1].astype(int) - rendered.astype(int))
+        assert difference.mean() < 3.0 < swapped.mean()  # JPEG noise only; a BGR mix-up would be far off

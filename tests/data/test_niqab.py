@@ -8,7 +8,9 @@ import torch
 from PIL import Image
 
 from oaml.data.decode import area_downsample
+from oaml.data.export_synthetic import export_synthetic
 from oaml.data.niqab import NiqabMaskDataset, split_names
+from oaml.data.synthetic import SyntheticFaces
 
 
 def test_area_downsample_is_exact_area_averaging():
@@ -118,3 +120,22 @@ def test_missing_folders_and_no_pairs(tmp_path):
     (tmp_path / "masks").mkdir()
     with pytest.raises(ValueError, match="no image in .* has a mask"):
         NiqabMaskDataset(tmp_path)
+
+
+def test_synthetic_export_niqab_masks(tmp_path):
+
+    out = tmp_path / "out"
+    export_synthetic(
+        out, num_identities=3, images_per_identity=1, num_pairs=2, pair_identities=2, num_niqab=3
+    )
+    dataset = NiqabMaskDataset(out / "niqab", split="all", augment=False, orphans="error")
+    assert dataset.names == ["00000_0001", "00001_0001", "00002_0001"]
+    faces = SyntheticFaces(3, 1, seed=0, occluders={})
+    for index, name in enumerate(dataset.names):
+        image, mask, item_index = dataset[index]
+        identity, n = (int(part) for part in name.split("_"))
+        _, visibility = faces.render(identity, n, "niqab")
+        assert item_index == index and image.shape == (3, 112, 112)
+        assert np.allclose(mask[0].numpy(), area_downsample(visibility, (7, 7)), atol=1e-5)
+        # a niqab leaves the eye band (template y ~52: feature row 3) visible and hides the mouth (row 5)
+        assert mask[0, 3, 2:5].mean() > 0.5 and mask[0, 5:, :].mean() < 0.1

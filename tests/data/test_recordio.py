@@ -12,6 +12,8 @@ import torch
 from PIL import Image
 from torch.utils.data import DataLoader
 
+from oaml.data.export_synthetic import export_synthetic
+from oaml.data.image_folder import ImageFolderDataset
 from oaml.data.recordio import (
     MAGIC,
     RecordIODataset,
@@ -301,3 +303,36 @@ def test_pickled_dataset_carries_no_file_handle_and_workers_read_it(face_rec):
     loader = DataLoader(dataset, batch_size=2, num_workers=2, shuffle=False)
     seen_labels = torch.cat([batch[1] for batch in loader]).tolist()
     assert seen_labels == labels
+
+
+@pytest.fixture(scope="module")
+def exported(tmp_path_factory):
+    out = tmp_path_factory.mktemp("export") / "synthetic"
+    export_synthetic(
+        out, num_identities=4, images_per_identity=3, num_pairs=4, pair_identities=4, num_niqab=2
+    )
+    return out
+
+
+def _identity_items(identities_dir):
+    return [
+        (path.read_bytes(), label)
+        for label, folder in enumerate(sorted(p for p in identities_dir.iterdir() if p.is_dir()))
+        for path in sorted(folder.glob("*.jpg"))
+    ]
+
+
+@pytest.mark.parametrize("header_record", [True, False])
+def test_rec_packed_from_the_synthetic_export_matches_the_image_folder(exported, tmp_path, header_record):
+
+    items = _identity_items(exported / "identities")
+    write_recordio(tmp_path / "train", items, header_record=header_record)
+    dataset = RecordIODataset(tmp_path)
+    folder = ImageFolderDataset(exported / "identities")
+    assert dataset.num_classes == folder.num_classes == 4
+    assert dataset.labels.tolist() == folder.labels.tolist() == [0, 0, 0, 1, 1, 1, 2, 2, 2, 3, 3, 3]
+    for index in (0, 5, 11):
+        image, label, visibility = dataset[index]
+        expected, expected_label, _ = folder[index]
+        assert image.shape == (3, 112, 112) and label == expected_label
+        assert torch.equal(image, expected) and bool((visibility == 1).all())

@@ -13,6 +13,8 @@ import pytest
 import torch
 from PIL import Image
 
+from oaml.data.export_synthetic import export_synthetic
+from oaml.data.synthetic import SyntheticPairs
 from oaml.data.verification import (
     STANDARD_VAL_SETS,
     BinVerificationDataset,
@@ -203,3 +205,19 @@ def test_standard_val_sets(tmp_path):
     found = standard_val_sets(tmp_path)
     assert list(found) == list(STANDARD_VAL_SETS)
     assert found["agedb_30"] == tmp_path / "agedb_30.bin"
+
+
+def test_synthetic_export_bin_and_pair_list_agree(tmp_path):
+
+    out = tmp_path / "out"
+    export_synthetic(
+        out, num_identities=2, images_per_identity=1, num_pairs=6, pair_identities=4, num_niqab=0
+    )
+    from_bin = BinVerificationDataset(out / "synthetic_val.bin", cache_dir=tmp_path / "cache")
+    from_list = PairListDataset(out / "pairs" / "pairs.txt")
+    expected = np.asarray(SyntheticPairs(6, 4, seed=0, first_identity=100_000).issame, dtype=bool)
+    assert from_bin.name == "synthetic_val" and from_list.name == "pairs"
+    assert np.array_equal(from_bin.issame, expected) and np.array_equal(from_list.issame, expected)
+    assert len(from_bin) == len(from_list) == 12
+    for index in range(12):
+        assert torch.equal(from_bin[index][0], from_list[index][0])
