@@ -26,7 +26,9 @@ def evaluate(cfg: DictConfig) -> dict[str, float]:
     pl.seed_everything(cfg.seed, workers=True)
     checkpoint = load_checkpoint(cfg.ckpt)
     datamodule = OAMLDataModule(
-        val_sets=build_val_sets(cfg.val, seed=cfg.seed, image_size=checkpoint["oaml"]["backbone"]["input_size"]),
+        val_sets=build_val_sets(
+            cfg.val, seed=cfg.seed, image_size=checkpoint["oaml"]["backbone"]["input_size"]
+        ),
         val_batch_size=cfg.data.val_batch_size,
         num_workers=cfg.data.num_workers,
         channel_order=cfg.data.channel_order or checkpoint["oaml"].get("channel_order", "rgb"),

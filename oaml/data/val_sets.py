@@ -21,6 +21,10 @@ def build_val_sets(val_cfg: Mapping[str, Any], seed: int = 0, image_size: int = 
     if not (pairs or bin_file):
         sets = instantiate(val_cfg.get("sets")) or {}
         return dict(sets)
-    clean = PairListDataset(pairs, image_size=image_size) if pairs else BinVerificationDataset(bin_file, image_size)
+    clean = (
+        PairListDataset(pairs, image_size=image_size)
+        if pairs
+        else BinVerificationDataset(bin_file, image_size)
+    )
     name = Path(pairs or bin_file).stem
     return {name: clean, f"{name}_occluded": OccludedPairs(clean, seed=seed)}
