@@ -19,6 +19,7 @@ from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
 from oaml.losses import OcclusionLoss, PairwiseMatchingLoss
+from oaml.models import AdaFace, load_adaface_state
 from oaml.training.module import LOSS_NAMES, OAMLModule
 
 log = logging.getLogger(__name__)
@@ -41,6 +42,9 @@ def build_model(
     """The training model. Without any visibility target (``occlusion_supervised`` False) the occlusion
     loss would only teach "all visible", so it is switched off, with a notice."""
     backbone, head, matcher = build_parts(cfg.backbone, cfg.head, cfg.matcher, num_classes)
+    init_from = OmegaConf.select(cfg, "model.init_from")
+    if init_from:
+        initialise_from_adaface(backbone, head, init_from)
     opt = cfg.optimizer
     loss_weights = {name: float(cfg.loss[name]) for name in LOSS_NAMES}
     if not occlusion_supervised and loss_weights["occlusion"] > 0:
@@ -72,6 +76,21 @@ def build_model(
             "channel_order": cfg.data.channel_order,
         },
     )
+
+
+def initialise_from_adaface(backbone: nn.Module, head: nn.Module, path: str) -> None:
+    """Start training from a released AdaFace ``.ckpt`` (``model.init_from=PATH``), saying what was taken."""
+    report = load_adaface_state(backbone, path, head=head if isinstance(head, AdaFace) else None)
+    log.info(
+        "Initialised the backbone from %s; new (randomly initialised) keys: %s; unused checkpoint keys: %s",
+        path,
+        report.missing_keys or "none",
+        report.unused_keys or "none",
+    )
+    if report.head_loaded:
+        log.info("Took the AdaFace head from %s (%s classes).", path, report.checkpoint_num_classes)
+    else:
+        log.warning("AdaFace head not taken from %s: %s", path, report.head_message)
 
 
 def load_checkpoint(path: str | Path) -> dict[str, Any]:
