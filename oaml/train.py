@@ -40,6 +40,12 @@ def train(cfg: DictConfig) -> dict[str, float]:
         cfg.trainer, logger=instantiate(cfg.logger), callbacks=callbacks, default_root_dir=str(run_dir)
     )
     trainer.fit(model, datamodule=datamodule, ckpt_path=cfg.ckpt_path)
+    if model.last_validated_step != trainer.global_step and datamodule.val_sets:
+        # Training stopped between validations (max_steps mid-epoch, check_val_every_n_epoch): the reported
+        # metrics must describe the final weights.
+        trainer.validate(model, datamodule=datamodule, verbose=False)
+    # The final state, whatever the checkpoint callbacks decided (they save per epoch; a run can stop mid-epoch).
+    trainer.save_checkpoint(run_dir / "checkpoints" / "last.ckpt")
 
     metrics = final_metrics(trainer)
     if trainer.is_global_zero:

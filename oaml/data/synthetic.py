@@ -557,6 +557,9 @@ class SyntheticFaces(Dataset):
     Items: ``(image uint8 [3, H, W] RGB, label int, visibility float32 [1, H, W] in {0, 1})``.
     """
 
+    # The visibility is pixel-exact (drawn with the occluder): it supervises the OcclusionHead.
+    provides_visibility = True
+
     def __init__(
         self,
         num_identities: int,

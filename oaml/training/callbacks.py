@@ -119,6 +119,7 @@ class VisibilityImageLogger(pl.Callback):
         self._validations = 0
         self._active = False
         self._loader_idx = 0
+        self._channel_order = "rgb"
         self._images: list[Tensor] = []
         self._targets: list[Tensor] = []
 
@@ -134,6 +135,7 @@ class VisibilityImageLogger(pl.Callback):
         if not _tensorboard_loggers(trainer):
             return
         self._loader_idx = self._resolve_loader_idx(trainer)
+        self._channel_order = _channel_order(trainer)  # fail at the start of validation, not at its end
         self._active = True
 
     def on_validation_batch_end(
@@ -168,7 +170,7 @@ class VisibilityImageLogger(pl.Callback):
                 f"{trainer.global_step}; no image is logged for this validation"
             )
             return
-        faces = denormalize_faces(images, _channel_order(trainer))
+        faces = denormalize_faces(images, self._channel_order)
         grid = visibility_grid(faces, predicted, targets, self.alpha)
         # Round to uint8 here: TensorBoard truncates floats (x * 255 -> uint8), which shifts pixels by one.
         grid_uint8 = grid.mul(255.0).round_().to(torch.uint8)

@@ -86,7 +86,7 @@ class OAMLModule(pl.LightningModule):
         self.val_set_names = list(val_set_names)
         self.checkpoint_info = dict(checkpoint_info or {})
         self._val_outputs: dict[int, dict[str, list[Tensor]]] = {}
-        self.final_metrics: dict[str, float] = {}
+        self.last_validated_step = -1
 
     # ----------------------------------------------------------------------------------------- training
     def training_step(
@@ -192,8 +192,11 @@ class OAMLModule(pl.LightningModule):
             _, gathered = gather_by_index(stacked.pop("pair_index"), stacked)
             metrics = self._set_metrics({k: v.detach().cpu().numpy() for k, v in gathered.items()}, name)
             for key, value in metrics.items():
-                self.log(f"val/{name}/{key}", value, add_dataloader_idx=False)
+                # Every rank holds the same gathered value: sync_dist averages identical numbers (exact).
+                self.log(f"val/{name}/{key}", value, add_dataloader_idx=False, sync_dist=True)
         self._val_outputs = {}
+        if not self.trainer.sanity_checking:
+            self.last_validated_step = self.global_step
 
     @staticmethod
     def _set_metrics(arrays: dict[str, np.ndarray], name: str = "") -> dict[str, float]:

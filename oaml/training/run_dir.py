@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 RESULT_NAMES = ("metrics.json", "checkpoints", "tensorboard")
@@ -13,6 +14,8 @@ def claim_run_dir(run_dir: Path) -> Path:
     Hydra names run directories by time (to the microsecond), so this only fires when a user points
     ``hydra.run.dir`` at an existing run, where continuing would overwrite its checkpoints and metrics.
     """
+    if int(os.environ.get("LOCAL_RANK", "0")) > 0 or int(os.environ.get("NODE_RANK", "0")) > 0:
+        return run_dir  # a DDP child process: it shares the run directory that rank 0 claimed
     taken = [name for name in RESULT_NAMES if (run_dir / name).exists()]
     if taken:
         raise FileExistsError(

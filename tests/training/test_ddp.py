@@ -51,15 +51,16 @@ VAL_OVERRIDES = [
     "data.num_workers=0",
     "trainer.enable_progress_bar=false",
 ]
-# 16 identities over 2 ranks: 8 each, two batches of 4 identities x 4 images per rank and epoch; 3 steps
-# span two epochs (a fresh identity shuffle) and give DDP a second backward, where unused parameters fail.
+# 24 identities over 2 ranks: 12 each, three batches of 4 identities x 4 images per rank, so the epoch ends
+# at step 3 (validation and last.ckpt happen at epoch ends, not when max_steps stops an epoch early). Steps
+# after the first give DDP the backward where unused parameters would fail.
 TRAIN_STEPS = 3
 TRAIN_OVERRIDES = [
-    "data.train.num_identities=16",
+    "data.train.num_identities=24",
     "data.train.images_per_identity=4",
     "data.batch_size=16",
     "data.num_instances=4",
-    "trainer.max_epochs=2",
+    "trainer.max_epochs=1",
     f"trainer.max_steps={TRAIN_STEPS}",
     "trainer.log_every_n_steps=1",
     "callbacks.progress_bar=null",
@@ -78,7 +79,9 @@ class RecordTrainLabels(pl.Callback):
         self.out_dir = Path(out_dir)
         self.labels_by_step: dict[int, list[int]] = {}
 
-    def on_train_batch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch, batch_idx) -> None:
+    def on_train_batch_start(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch, batch_idx
+    ) -> None:
         self.labels_by_step[trainer.global_step] = batch[1].tolist()
 
     def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
@@ -91,7 +94,9 @@ def _run(module: str, *args: str, cwd: Path = REPO) -> subprocess.CompletedProce
     env = {
         **os.environ,
         "OMP_NUM_THREADS": "1",
-        "PYTHONPATH": os.pathsep.join(filter(None, [str(Path(__file__).parent), os.environ.get("PYTHONPATH")])),
+        "PYTHONPATH": os.pathsep.join(
+            filter(None, [str(Path(__file__).parent), os.environ.get("PYTHONPATH")])
+        ),
     }
     return subprocess.run(
         [sys.executable, "-m", module, *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=300
@@ -130,7 +135,9 @@ def test_trainer_ddp_cpu_composes_to_two_cpu_processes(tmp_path: Path) -> None:
         assert cfg.trainer.precision == "32-true"
     GlobalHydra.instance().clear()
 
-    trainer = instantiate(cfg.trainer, logger=False, enable_progress_bar=False, default_root_dir=str(tmp_path))
+    trainer = instantiate(
+        cfg.trainer, logger=False, enable_progress_bar=False, default_root_dir=str(tmp_path)
+    )
     assert isinstance(trainer.strategy, DDPStrategy)
     assert trainer.world_size == 2
     assert trainer.strategy.root_device == torch.device("cpu")
