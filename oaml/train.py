@@ -40,14 +40,16 @@ def train(cfg: DictConfig) -> dict[str, float]:
         cfg.trainer, logger=instantiate(cfg.logger), callbacks=callbacks, default_root_dir=str(run_dir)
     )
     trainer.fit(model, datamodule=datamodule, ckpt_path=cfg.ckpt_path)
+    metrics = logged_metrics(trainer)
     if model.last_validated_step != trainer.global_step and datamodule.val_sets:
         # Training stopped between validations (max_steps mid-epoch, check_val_every_n_epoch): the reported
         # metrics must describe the final weights.
         trainer.validate(model, datamodule=datamodule, verbose=False)
+        metrics.update(logged_metrics(trainer))
     # The final state, whatever the checkpoint callbacks decided (they save per epoch; a run can stop mid-epoch).
     trainer.save_checkpoint(run_dir / "checkpoints" / "last.ckpt")
 
-    metrics = final_metrics(trainer)
+    metrics = dict(sorted(metrics.items()))
     if trainer.is_global_zero:
         write_metrics_json(metrics, run_dir / "metrics.json")
         if cfg.print_metrics:
@@ -55,13 +57,11 @@ def train(cfg: DictConfig) -> dict[str, float]:
     return metrics
 
 
-def final_metrics(trainer: pl.Trainer) -> dict[str, float]:
-    """The last logged validation and training values, as plain floats."""
-    metrics: dict[str, float] = {}
-    for key, value in trainer.callback_metrics.items():
-        if key.startswith(("val/", "train/")):
-            metrics[key] = float(value)
-    return dict(sorted(metrics.items()))
+def logged_metrics(trainer: pl.Trainer) -> dict[str, float]:
+    """The last logged validation and training values, as plain floats, sorted by name."""
+    return {
+        k: float(v) for k, v in sorted(trainer.callback_metrics.items()) if k.startswith(("val/", "train/"))
+    }
 
 
 @hydra.main(version_base="1.3", config_path="../conf", config_name="train")

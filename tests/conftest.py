@@ -31,6 +31,7 @@ LOOP_TINY = [
     "data.val_batch_size=40",
     "trainer.max_epochs=1",
     "trainer.max_steps=3",
+    "trainer.check_val_every_n_epoch=1",
     "trainer.log_every_n_steps=1",
     "trainer.enable_progress_bar=false",
     "callbacks.progress_bar=null",

@@ -42,8 +42,10 @@ def _evaluate_config(ckpt: Path, run_dir: Path, *overrides: str):
     return cfg
 
 
-def test_evaluate_reproduces_training_validation(tiny_train_config, tmp_path: Path) -> None:
-    trained = train(tiny_train_config(run_dir=tmp_path / "train"))
+@pytest.mark.parametrize("max_steps", [3, 2], ids=["stops-at-epoch-end", "stops-mid-epoch"])
+def test_evaluate_reproduces_training_validation(tiny_train_config, tmp_path: Path, max_steps: int) -> None:
+    # Mid-epoch, no scheduled validation sees the final weights: training must validate them itself.
+    trained = train(tiny_train_config(f"trainer.max_steps={max_steps}", run_dir=tmp_path / "train"))
     ckpt = tmp_path / "train" / "checkpoints" / "last.ckpt"
     evaluated = evaluate(_evaluate_config(ckpt, tmp_path / "eval"))
     expected = {k: v for k, v in trained.items() if k.startswith("val/")}

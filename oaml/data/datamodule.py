@@ -37,6 +37,7 @@ class OAMLDataModule(pl.LightningDataModule):
         mask_batch_size: int = 16,
         mask_clean_fraction: float = 0.2,
         num_instances: int = 4,
+        epoch_size: str = "identities",
         val_batch_size: int = 128,
         num_workers: int = 2,
         channel_order: str = "rgb",
@@ -61,6 +62,7 @@ class OAMLDataModule(pl.LightningDataModule):
         self.val_sets = {name: IndexedPairs(ds, name) for name, ds in (val_sets or {}).items()}
         self.batch_size = batch_size
         self.num_instances = num_instances
+        self.epoch_size = epoch_size
         self.val_batch_size = val_batch_size
         self.num_workers = num_workers
         self.channel_order = check_channel_order(channel_order)
@@ -111,6 +113,7 @@ class OAMLDataModule(pl.LightningDataModule):
             seed=self.seed,
             num_replicas=world_size,
             rank=rank,
+            epoch_size=self.epoch_size,
         )
         main = self._loader(self.train_set, batch_sampler=sampler)
         if self.mask_stream is None:

@@ -11,6 +11,11 @@ over sit the epoch out, a different few each epoch), and each rank cuts its shar
 dropping the last incomplete one. So an epoch visits every identity at most once, and all but fewer than
 ``P * num_replicas + num_replicas`` identities exactly once, with K images each: it covers identities, not
 images (an identity with 100 images contributes K of them per epoch).
+
+That is the right unit for small synthetic sets and person re-identification, but a face recipe's "26 epochs"
+means 26 passes over the *images* (CASIA-WebFace: 494k images, 10.6k identities). ``epoch_size="images"``
+gives such epochs: as many batches as the data set has images per rank, made of consecutive identity passes
+(each pass as above, with its own shuffle).
 """
 
 from __future__ import annotations
@@ -47,7 +52,14 @@ class IdentityBalancedBatchSampler(Sampler[list[int]]):
         seed: int = 0,
         num_replicas: int | None = None,
         rank: int | None = None,
+        epoch_size: str = "identities",
     ) -> None:
+        if epoch_size not in ("identities", "images"):
+            raise ValueError(
+                f"IdentityBalancedBatchSampler: epoch_size (data.epoch_size) must be 'identities' or 'images', "
+                f"got {epoch_size!r}"
+            )
+        self.epoch_size = epoch_size
         labels = np.asarray(labels)
         if labels.ndim != 1 or labels.size == 0 or not np.issubdtype(labels.dtype, np.integer):
             raise ValueError(
@@ -96,6 +108,7 @@ class IdentityBalancedBatchSampler(Sampler[list[int]]):
         self.epoch = 0
         self._ids_per_batch = ids_per_batch
         self._ids_per_rank = ids_per_rank
+        self._num_images = int(labels.size)
 
     @property
     def num_identities(self) -> int:
@@ -104,20 +117,35 @@ class IdentityBalancedBatchSampler(Sampler[list[int]]):
     def set_epoch(self, epoch: int) -> None:
         self.epoch = int(epoch)
 
-    def __len__(self) -> int:
+    @property
+    def _batches_per_pass(self) -> int:
         return self._ids_per_rank // self._ids_per_batch
 
+    def __len__(self) -> int:
+        if self.epoch_size == "images":
+            images_per_batch = self._ids_per_batch * self.num_instances * self.num_replicas
+            return max(1, self._num_images // images_per_batch)
+        return self._batches_per_pass
+
     def __iter__(self) -> Iterator[list[int]]:
-        # The same permutation on every rank (seeded without the rank), then a per-rank image draw.
-        shared = np.random.default_rng([self.seed, self.epoch])
-        my_ids = shared.permutation(self.num_identities)[self.rank :: self.num_replicas][: self._ids_per_rank]
         rng = np.random.default_rng([self.seed, self.epoch, self.rank, self.num_replicas])
         k = self.num_instances
-        for b in range(len(self)):
-            batch: list[int] = []
-            for identity in my_ids[b * self._ids_per_batch : (b + 1) * self._ids_per_batch]:
-                batch.extend(_draw(rng, self._images_of[identity], k))
-            yield batch
+        remaining = len(self)
+        identity_pass = 0
+        while remaining > 0:
+            # The same permutation on every rank (seeded without the rank), then a per-rank image draw.
+            seed = [self.seed, self.epoch] if identity_pass == 0 else [self.seed, self.epoch, identity_pass]
+            shared = np.random.default_rng(seed)
+            my_ids = shared.permutation(self.num_identities)[self.rank :: self.num_replicas][
+                : self._ids_per_rank
+            ]
+            for b in range(min(remaining, self._batches_per_pass)):
+                batch: list[int] = []
+                for identity in my_ids[b * self._ids_per_batch : (b + 1) * self._ids_per_batch]:
+                    batch.extend(_draw(rng, self._images_of[identity], k))
+                yield batch
+                remaining -= 1
+            identity_pass += 1
 
 
 def _draw(rng: np.random.Generator, images: np.ndarray, k: int) -> list[int]:

@@ -106,3 +106,39 @@ def test_bad_labels() -> None:
         IdentityBalancedBatchSampler(np.zeros((4, 2), dtype=int), batch_size=4, num_instances=2)
     with pytest.raises(ValueError, match="labels"):
         IdentityBalancedBatchSampler([0.5, 1.5], batch_size=4, num_instances=2)
+
+
+def test_image_sized_epochs_cover_as_many_images_as_the_set_holds() -> None:
+    # 10 identities x 30 images: an identity epoch has 10 // 2 = 5 batches of 2 x 4 images (40 images);
+    # an image epoch has 300 // 8 = 37 batches, made of successive identity passes.
+    labels = np.repeat(np.arange(10), 30)
+    by_identity = IdentityBalancedBatchSampler(labels, batch_size=8, num_instances=4, seed=1)
+    by_images = IdentityBalancedBatchSampler(
+        labels, batch_size=8, num_instances=4, seed=1, epoch_size="images"
+    )
+    assert len(by_identity) == 5 and len(by_images) == 37
+    batches = list(by_images)
+    assert len(batches) == 37
+    # The first pass is the identity epoch itself; every pass visits each identity once.
+    assert batches[:5] == list(by_identity)
+    for start in range(0, 35, 5):
+        ids = [labels[i] for batch in batches[start : start + 5] for i in batch[::4]]
+        assert sorted(ids) == list(range(10))
+    assert batches[5:10] != batches[:5]
+
+
+def test_image_sized_epochs_stay_disjoint_and_equal_across_ranks() -> None:
+    labels = np.repeat(np.arange(12), 20)
+    ranks = [
+        IdentityBalancedBatchSampler(labels, 8, 4, seed=0, num_replicas=2, rank=r, epoch_size="images")
+        for r in range(2)
+    ]
+    assert len(ranks[0]) == len(ranks[1]) == 240 // 16
+    first, second = (list(s) for s in ranks)
+    for a, b in zip(first, second):
+        assert not {labels[i] for i in a} & {labels[i] for i in b}
+
+
+def test_unknown_epoch_size_is_rejected() -> None:
+    with pytest.raises(ValueError, match="data.epoch_size"):
+        IdentityBalancedBatchSampler(np.repeat(np.arange(4), 4), 8, 4, epoch_size="steps")

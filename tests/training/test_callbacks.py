@@ -21,8 +21,7 @@ from oaml.training.build import load_checkpoint, model_from_checkpoint
 from oaml.training.callbacks import VisibilityImageLogger, denormalize_faces, overlay_visibility
 
 CALLBACK = [
-    "+callbacks.visibility_images._target_=oaml.training.callbacks.VisibilityImageLogger",
-    "+callbacks.visibility_images.num_images=4",
+    "callbacks.visibility_images.num_images=4",
 ]
 SIZE = 112
 PAD = 2  # make_grid's default padding
@@ -100,7 +99,7 @@ def test_train_logs_face_predicted_and_true_visibility_grid(tiny_train_config, t
     # A plain ModelCheckpoint keeps the weights of every validation, to recompute the predicted overlay.
     cfg = tiny_train_config(
         *CALLBACK,
-        "+callbacks.visibility_images.every_n_validations=2",
+        "callbacks.visibility_images.every_n_validations=2",
         "trainer.limit_train_batches=1",
         "trainer.max_epochs=3",
         "trainer.max_steps=3",
@@ -109,6 +108,7 @@ def test_train_logs_face_predicted_and_true_visibility_grid(tiny_train_config, t
         "+callbacks.every_validation.filename='step{step}'",
         "+callbacks.every_validation.auto_insert_metric_name=false",
         "+callbacks.every_validation.save_top_k=-1",
+        "+callbacks.every_validation.mode=max",  # a state key of its own beside last_checkpoint
         run_dir=run_dir,
     )
     train(cfg)

@@ -52,8 +52,8 @@ VAL_OVERRIDES = [
     "trainer.enable_progress_bar=false",
 ]
 # 24 identities over 2 ranks: 12 each, three batches of 4 identities x 4 images per rank, so the epoch ends
-# at step 3 (validation and last.ckpt happen at epoch ends, not when max_steps stops an epoch early). Steps
-# after the first give DDP the backward where unused parameters would fail.
+# at step 3, where the scheduled validation runs (with check_val_every_n_epoch=1; otherwise training validates
+# the final weights after fit). Steps after the first give DDP the backward where unused parameters would fail.
 TRAIN_STEPS = 3
 TRAIN_OVERRIDES = [
     "data.train.num_identities=24",
@@ -62,6 +62,7 @@ TRAIN_OVERRIDES = [
     "data.num_instances=4",
     "trainer.max_epochs=1",
     f"trainer.max_steps={TRAIN_STEPS}",
+    "trainer.check_val_every_n_epoch=1",
     "trainer.log_every_n_steps=1",
     "callbacks.progress_bar=null",
     *VAL_OVERRIDES,
