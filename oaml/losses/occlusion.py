@@ -54,7 +54,10 @@ def downsample_visibility(mask: Tensor, size: tuple[int, int]) -> Tensor:
     out_h, out_w = size
     rows = _area_weights(mask.shape[2], out_h, mask.device).to(mask.dtype)
     cols = _area_weights(mask.shape[3], out_w, mask.device).to(mask.dtype)
-    return torch.einsum("ih,bchw,jw->bcij", rows, mask, cols)
+    # Targets stay in the mask's own precision also under mixed-precision autocast (which would run the
+    # einsum in bf16/fp16 and round the area fractions).
+    with torch.autocast(device_type=mask.device.type, enabled=False):
+        return torch.einsum("ih,bchw,jw->bcij", rows, mask, cols)
 
 
 class OcclusionLoss(nn.Module):

@@ -178,10 +178,10 @@ class OAMLModule(pl.LightningModule):
         for name, value in scores.items():
             out[name].append(value.float())
         # Per image, flattened visibility maps (a few floats each): first image of each pair, then second.
-        out["predicted_first"].append(features.visibility[0::2].flatten(1))
-        out["predicted_second"].append(features.visibility[1::2].flatten(1))
-        out["target_first"].append(target[0::2].flatten(1))
-        out["target_second"].append(target[1::2].flatten(1))
+        out["predicted_first"].append(features.visibility[0::2].flatten(1).float())
+        out["predicted_second"].append(features.visibility[1::2].flatten(1).float())
+        out["target_first"].append(target[0::2].flatten(1).float())
+        out["target_second"].append(target[1::2].flatten(1).float())
 
     def on_validation_epoch_end(self) -> None:
         for loader_idx, name in enumerate(self.val_set_names):
