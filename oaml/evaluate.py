@@ -16,6 +16,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from oaml.data.datamodule import OAMLDataModule
 from oaml.data.val_sets import build_val_sets
+from oaml.paths import CONF_DIR
 from oaml.training.build import load_checkpoint, model_from_checkpoint
 from oaml.training.report import print_metrics_table, write_metrics_json
 from oaml.training.run_dir import claim_run_dir
@@ -48,7 +49,7 @@ def evaluate(cfg: DictConfig) -> dict[str, float]:
     return metrics
 
 
-@hydra.main(version_base="1.3", config_path="../conf", config_name="evaluate")
+@hydra.main(version_base="1.3", config_path=CONF_DIR, config_name="evaluate")
 def main(cfg: DictConfig) -> None:
     evaluate(cfg)
 

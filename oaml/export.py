@@ -29,6 +29,7 @@ from omegaconf import DictConfig, OmegaConf
 from torch import Tensor, nn
 
 from oaml.models.iresnet import IResNet
+from oaml.paths import CONF_DIR
 
 log = logging.getLogger(__name__)
 
@@ -157,7 +158,7 @@ def export(cfg: DictConfig | dict[str, Any]) -> Path:
     return written
 
 
-@hydra.main(version_base="1.3", config_path="../conf", config_name="export")
+@hydra.main(version_base="1.3", config_path=CONF_DIR, config_name="export")
 def main(cfg: DictConfig) -> None:
     print(export(cfg))
 

@@ -16,6 +16,7 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
 from oaml.data.val_sets import build_val_sets
+from oaml.paths import CONF_DIR
 from oaml.training.build import build_model
 from oaml.training.report import print_metrics_table, write_metrics_json
 from oaml.training.run_dir import claim_run_dir
@@ -64,7 +65,7 @@ def logged_metrics(trainer: pl.Trainer) -> dict[str, float]:
     }
 
 
-@hydra.main(version_base="1.3", config_path="../conf", config_name="train")
+@hydra.main(version_base="1.3", config_path=CONF_DIR, config_name="train")
 def main(cfg: DictConfig) -> Any:
     metrics = train(cfg)
     return metrics.get(OmegaConf.select(cfg, "callbacks.model_checkpoint.monitor") or "", None)

@@ -13,8 +13,10 @@ from hydra.core.global_hydra import GlobalHydra
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, open_dict
 
+import oaml.paths
+
 REPO = Path(__file__).resolve().parents[1]
-CONF_DIR = REPO / "conf"
+CONF_DIR = Path(oaml.paths.CONF_DIR)
 
 # A few steps on a dozen synthetic identities: seconds on 2 CPU cores, every branch and metric exercised.
 SYNTHETIC_TINY = [
