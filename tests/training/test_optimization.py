@@ -59,8 +59,10 @@ def test_adamw_schedule_gets_the_run_length_from_the_trainer(tiny_train_config, 
     assert math.isfinite(metrics["train/loss"])
 
 
-def test_bf16_mixed_precision_trains_on_cpu(tiny_train_config, tmp_path) -> None:
-    metrics = train(tiny_train_config("trainer.precision=bf16-mixed", run_dir=tmp_path / "run"))
+@pytest.mark.parametrize("precision", ["bf16-mixed", "16-mixed"])
+def test_mixed_precision_trains_and_validates(tiny_train_config, tmp_path, precision: str) -> None:
+    # On CPU: Lightning's autocast (and, for 16-mixed, its gradient scaler) through every branch and the scorer.
+    metrics = train(tiny_train_config(f"trainer.precision={precision}", run_dir=tmp_path / "run"))
     assert math.isfinite(metrics["train/loss"]) and 0.0 <= metrics["val/synthetic/qaconv_acc"] <= 1.0
 
 
