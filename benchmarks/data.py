@@ -24,7 +24,8 @@ from PIL import Image
 from torch.utils.data import DataLoader
 
 from oaml.data.augment import AdaFaceAugment
-from oaml.data.recordio import RecordIODataset, write_recordio
+from oaml.data.recordio import RecordIODataset
+from oaml.data.recordio_format import write_recordio
 from oaml.data.synthetic import SyntheticFaces
 
 

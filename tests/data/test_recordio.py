@@ -14,9 +14,9 @@ from torch.utils.data import DataLoader
 
 from oaml.data.export_synthetic import export_synthetic
 from oaml.data.image_folder import ImageFolderDataset
-from oaml.data.recordio import (
+from oaml.data.recordio import RecordIODataset
+from oaml.data.recordio_format import (
     MAGIC,
-    RecordIODataset,
     RecordIOFile,
     RecordIOWriter,
     pack_image_record,
