@@ -12,7 +12,7 @@ import hydra
 import lightning.pytorch as pl
 from hydra.core.hydra_config import HydraConfig
 from hydra.utils import instantiate
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, OmegaConf, open_dict
 
 from oaml.data.datamodule import OAMLDataModule
 from oaml.data.val_sets import build_val_sets
@@ -25,11 +25,11 @@ from oaml.training.run_dir import claim_run_dir
 def evaluate(cfg: DictConfig) -> dict[str, float]:
     run_dir = claim_run_dir(Path(HydraConfig.get().runtime.output_dir))
     pl.seed_everything(cfg.seed, workers=True)
-    checkpoint = load_checkpoint(cfg.ckpt)
+    checkpoint = load_checkpoint(cfg.ckpt, trusted=cfg.trusted)
+    with open_dict(cfg):  # the val sets are built for the input size the checkpoint was trained on
+        cfg.backbone.input_size = checkpoint["oaml"]["backbone"]["input_size"]
     datamodule = OAMLDataModule(
-        val_sets=build_val_sets(
-            cfg.val, seed=cfg.seed, image_size=checkpoint["oaml"]["backbone"]["input_size"]
-        ),
+        val_sets=build_val_sets(cfg.val, seed=cfg.val.seed, image_size=cfg.backbone.input_size),
         val_batch_size=cfg.data.val_batch_size,
         num_workers=cfg.data.num_workers,
         channel_order=cfg.data.channel_order or checkpoint["oaml"].get("channel_order", "rgb"),

@@ -28,7 +28,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 from torch import Tensor, nn
 
-from oaml.models.iresnet import IResNet
+from oaml.models.iresnet import IResNet, build_backbone
 from oaml.paths import CONF_DIR
 
 log = logging.getLogger(__name__)
@@ -37,6 +37,14 @@ FORMATS = {"onnx": ".onnx", "torchscript": ".torchscript.pt"}
 BACKBONE_PREFIX = "backbone."
 INPUT_NAMES = ["images"]
 OUTPUT_NAMES = ["embedding", "norm", "visibility"]
+# The only ``_target_`` an untrusted checkpoint's backbone config may name: a checkpoint is a file from
+# somewhere, and instantiating an arbitrary ``_target_`` runs arbitrary code (``pathlib.Path.touch``, ...).
+SAFE_BACKBONE_TARGETS: dict[str, Any] = {
+    "oaml.models.build_backbone": build_backbone,
+    "oaml.models.iresnet.build_backbone": build_backbone,
+    "oaml.models.IResNet": IResNet,
+    "oaml.models.iresnet.IResNet": IResNet,
+}
 
 
 class InferenceModel(nn.Module):
@@ -56,8 +64,10 @@ def load_backbone_from_checkpoint(path: str | Path, trusted: bool = False) -> IR
 
     The checkpoint carries the backbone's Hydra config under ``checkpoint["oaml"]["backbone"]`` and its
     weights under ``state_dict`` keys prefixed ``backbone.``; both are required, and the weights load strictly.
-    ``trusted=True`` allows full unpickling (only for files you trust), needed if the checkpoint holds objects
-    other than tensors and plain containers.
+    Unless ``trusted``, the config's ``_target_`` must be one of ``SAFE_BACKBONE_TARGETS`` and the other
+    entries plain constructor arguments: the builder is called directly, without Hydra's instantiation, so
+    a crafted config cannot run other code. ``trusted=True`` allows full unpickling and any ``_target_``
+    (only for files you trust).
     """
     path = Path(path)
     if not path.is_file():
@@ -77,7 +87,10 @@ def load_backbone_from_checkpoint(path: str | Path, trusted: bool = False) -> IR
             f"{path} lacks checkpoint['oaml']['backbone'] (the backbone's Hydra config with a _target_): "
             "was it written by oaml.train?"
         )
-    backbone = hydra.utils.instantiate(OmegaConf.create(dict(backbone_cfg)))
+    if trusted:
+        backbone = hydra.utils.instantiate(OmegaConf.create(dict(backbone_cfg)))
+    else:
+        backbone = _build_safe_backbone(path, dict(backbone_cfg))
     if not isinstance(backbone, IResNet):
         raise ValueError(
             f"{path}: checkpoint['oaml']['backbone'] builds a {type(backbone).__name__}, not an IResNet"
@@ -96,6 +109,44 @@ def load_backbone_from_checkpoint(path: str | Path, trusted: bool = False) -> IR
             f"{path}: the weights do not fit the configured backbone {backbone_cfg}: {error}"
         ) from error
     return backbone.eval()
+
+
+def _nested_targets(value: Any, where: str) -> list[str]:
+    """Paths of every ``_target_`` key inside ``value`` (nested dicts and lists)."""
+    found: list[str] = []
+    if isinstance(value, dict):
+        for key, item in value.items():
+            if key == "_target_":
+                found.append(where)
+            found += _nested_targets(item, f"{where}.{key}")
+    elif isinstance(value, (list, tuple)):
+        for index, item in enumerate(value):
+            found += _nested_targets(item, f"{where}[{index}]")
+    return found
+
+
+def _build_safe_backbone(path: Path, cfg: dict[str, Any]) -> Any:
+    """Call an allow-listed backbone builder with the config's plain arguments (see SAFE_BACKBONE_TARGETS)."""
+    key = "checkpoint['oaml']['backbone']['_target_']"
+    target = cfg.pop("_target_")
+    if target not in SAFE_BACKBONE_TARGETS:
+        raise ValueError(
+            f"{path}: {key} = {target!r} is not an OAML backbone builder (allowed: "
+            f"{', '.join(SAFE_BACKBONE_TARGETS)}); refusing to run it. "
+            "Pass trusted=true only for files you trust."
+        )
+    special = sorted(k for k in map(str, cfg) if k.startswith("_") and k.endswith("_"))
+    nested = _nested_targets(cfg, "checkpoint['oaml']['backbone']")
+    if special or nested:
+        raise ValueError(
+            f"{path}: checkpoint['oaml']['backbone'] may hold only plain arguments of {target}, found "
+            f"{', '.join(special + [n + '._target_' for n in nested])}; refusing to instantiate it. "
+            "Pass trusted=true only for files you trust."
+        )
+    try:
+        return SAFE_BACKBONE_TARGETS[target](**cfg)
+    except TypeError as error:
+        raise ValueError(f"{path}: checkpoint['oaml']['backbone'] does not fit {target}: {error}") from error
 
 
 def default_output_path(ckpt: Path, fmt: str) -> Path:

@@ -13,9 +13,9 @@ import hydra
 import lightning.pytorch as pl
 from hydra.core.hydra_config import HydraConfig
 from hydra.utils import instantiate
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, OmegaConf, open_dict
 
-from oaml.data.val_sets import build_val_sets
+from oaml.data.val_sets import build_val_sets, resolve_monitor
 from oaml.paths import CONF_DIR
 from oaml.training.build import build_model
 from oaml.training.report import print_metrics_table, write_metrics_json
@@ -27,13 +27,16 @@ def train(cfg: DictConfig) -> dict[str, float]:
     run_dir = claim_run_dir(Path(HydraConfig.get().runtime.output_dir))
     pl.seed_everything(cfg.seed, workers=True)
 
-    val_sets = build_val_sets(cfg.val, seed=cfg.seed, image_size=cfg.backbone.input_size)
+    val_sets = build_val_sets(cfg.val, seed=cfg.val.seed, image_size=cfg.backbone.input_size)
     datamodule = instantiate(cfg.data, val_sets=val_sets)
+    with open_dict(cfg):  # callbacks read ${val.monitor}
+        cfg.val.monitor = resolve_monitor(cfg.val.get("monitor"), datamodule.val_set_names)
     model = build_model(
         cfg,
         num_classes=datamodule.num_classes,
         val_set_names=datamodule.val_set_names,
         occlusion_supervised=datamodule.occlusion_supervised,
+        main_visibility_known=datamodule.main_visibility_known,
     )
 
     callbacks = [instantiate(c) for c in cfg.callbacks.values() if c is not None]

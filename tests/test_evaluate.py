@@ -42,10 +42,17 @@ def _evaluate_config(ckpt: Path, run_dir: Path, *overrides: str):
     return cfg
 
 
-@pytest.mark.parametrize("max_steps", [3, 2], ids=["stops-at-epoch-end", "stops-mid-epoch"])
-def test_evaluate_reproduces_training_validation(tiny_train_config, tmp_path: Path, max_steps: int) -> None:
+@pytest.mark.parametrize(
+    "max_steps,seed", [(3, 42), (2, 42), (3, 7)], ids=["stops-at-epoch-end", "stops-mid-epoch", "other-seed"]
+)
+def test_evaluate_reproduces_training_validation(
+    tiny_train_config, tmp_path: Path, max_steps: int, seed: int
+) -> None:
     # Mid-epoch, no scheduled validation sees the final weights: training must validate them itself.
-    trained = train(tiny_train_config(f"trainer.max_steps={max_steps}", run_dir=tmp_path / "train"))
+    # The validation protocol has its own seed (val.seed): the training seed does not change the pairs.
+    trained = train(
+        tiny_train_config(f"trainer.max_steps={max_steps}", f"seed={seed}", run_dir=tmp_path / "train")
+    )
     ckpt = tmp_path / "train" / "checkpoints" / "last.ckpt"
     evaluated = evaluate(_evaluate_config(ckpt, tmp_path / "eval"))
     expected = {k: v for k, v in trained.items() if k.startswith("val/")}

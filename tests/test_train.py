@@ -97,3 +97,17 @@ def test_cli_mission_override_syntax_with_ir50_fast_dev_run(tmp_path: Path) -> N
     metrics = json.loads((run_dir / "metrics.json").read_text())
     assert metrics["train/loss_qaconv"] > 0.0
     assert "fast_dev_run" in result.stderr or "fast_dev_run" in result.stdout
+
+
+def test_cli_refuses_an_earlier_run_dir_before_touching_its_config(tmp_path: Path) -> None:
+    run_dir = tmp_path / "earlier"
+    first = _run_cli(*TINY_OVERRIDES, "trainer.max_steps=1", f"hydra.run.dir={run_dir}", cwd=REPO)
+    assert first.returncode == 0, first.stderr[-3000:]
+    saved = {p.name: p.read_bytes() for p in (run_dir / ".hydra").iterdir()}
+    checkpoint = (run_dir / "checkpoints" / "last.ckpt").read_bytes()
+
+    second = _run_cli(*TINY_OVERRIDES, "loss.occlusion=0.77", f"hydra.run.dir={run_dir}", cwd=REPO)
+    assert second.returncode != 0
+    assert "already holds results" in second.stderr
+    assert {p.name: p.read_bytes() for p in (run_dir / ".hydra").iterdir()} == saved
+    assert (run_dir / "checkpoints" / "last.ckpt").read_bytes() == checkpoint

@@ -81,11 +81,14 @@ class OAMLDataModule(pl.LightningDataModule):
         return self.train_set
 
     @property
+    def main_visibility_known(self) -> bool:
+        """Whether main-stream visibility is information (drawn or pasted occluders), not an all-ones placeholder."""
+        return self.train_set is not None and provides_visibility(self.train_set)
+
+    @property
     def occlusion_supervised(self) -> bool:
         """Whether any training image has a known visibility target (else the occlusion loss is pointless)."""
-        return self.mask_stream is not None or (
-            self.train_set is not None and provides_visibility(self.train_set)
-        )
+        return self.mask_stream is not None or self.main_visibility_known
 
     @property
     def val_set_names(self) -> list[str]:
@@ -118,13 +121,22 @@ class OAMLDataModule(pl.LightningDataModule):
         main = self._loader(self.train_set, batch_sampler=sampler)
         if self.mask_stream is None:
             return main
+        if len(self.mask_stream) // world_size < self.mask_batch_size:
+            raise ValueError(
+                f"the mask stream (data.masks: {len(self.mask_stream)} faces with the clean ones, over {world_size} "
+                f"process(es)) is smaller than one batch of data.mask_batch_size={self.mask_batch_size}; "
+                "lower data.mask_batch_size or add mask data"
+            )
         mask_sampler = DistributedSampler(
             self.mask_stream, num_replicas=world_size, rank=rank, shuffle=True, seed=self.seed, drop_last=True
         )
         masks = self._loader(
             self.mask_stream, batch_size=self.mask_batch_size, sampler=mask_sampler, drop_last=True
         )
-        return CombinedLoader({"main": main, "masks": masks}, mode="max_size_cycle")
+        # The main stream defines the epoch: a small mask set cycles along it; a larger one is cut short (and
+        # reshuffled next epoch), so that an epoch never repeats main-stream batches.
+        mode = "max_size_cycle" if len(masks) <= len(main) else "min_size"
+        return CombinedLoader({"main": main, "masks": masks}, mode=mode)
 
     def val_dataloader(self) -> list[DataLoader]:
         world_size, rank = self._world()

@@ -1,9 +1,11 @@
-"""The occlusion stream: faces with ground-truth visibility, mixed with clean faces whose target is all-visible.
+"""The occlusion stream: faces with ground-truth visibility, mixed with main-stream faces.
 
 A mask set (e.g. the niqab set) only shows occluded faces. Trained on it alone, the OcclusionHead could
 learn "everything is a little hidden" and still score well; mixing in main-stream faces with their own
-target (all-visible for clean faces) teaches it to say "visible" when nothing covers the face. The mix is
-fixed per epoch: ``clean_fraction`` of the items are main-stream faces, chosen deterministically by seed.
+target (all-visible for a clean face) teaches it to say "visible" when nothing covers the face. The
+main-stream faces come as the main stream delivers them (with its augmentation, and then with the exact
+mask of any occluder it pasted). ``clean_fraction`` of the items are such faces, chosen once per run from
+the seed; the loader reshuffles the whole stream every epoch.
 """
 
 from __future__ import annotations

@@ -378,7 +378,7 @@ class RecordIOFile:
         if not self.idx_path.is_file():
             raise FileNotFoundError(
                 f"index file {self.idx_path} for {self.rec_path} does not exist; write one with "
-                f"oaml.data.recordio.rebuild_index('{self.rec_path}') (one sequential pass over the .rec)"
+                f"oaml.data.recordio_format.rebuild_index('{self.rec_path}') (one sequential pass over the .rec)"
             )
         self.size = self.rec_path.stat().st_size
         keys, offsets = _read_index(self.idx_path)

@@ -16,7 +16,18 @@ import numpy as np
 
 def _check_scores(scores: np.ndarray, issame: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     scores = np.asarray(scores, dtype=np.float64).reshape(-1)
-    issame = np.asarray(issame, dtype=bool).reshape(-1)
+    labels = np.asarray(issame).reshape(-1)
+    if labels.dtype != bool:
+        # Casting to bool would read any nonzero value (a score, a class id, NaN) as "same": refuse instead.
+        bad = (
+            ~np.isin(labels, (0, 1)) if np.issubdtype(labels.dtype, np.number) else np.ones(labels.size, bool)
+        )
+        if bad.any():
+            raise ValueError(
+                f"issame must hold only 0/1 or True/False per pair, got {bad.sum()} other values "
+                f"(e.g. {labels[bad].tolist()[0]!r}); pass the pair labels, not scores or identities"
+            )
+    issame = labels.astype(bool)
     if scores.shape != issame.shape:
         raise ValueError(
             f"scores ({scores.shape[0]}) and issame ({issame.shape[0]}) must have one entry per pair"
@@ -59,6 +70,8 @@ def best_threshold(scores: np.ndarray, issame: np.ndarray) -> tuple[float, float
 
 def kfold_accuracy(scores: np.ndarray, issame: np.ndarray, num_folds: int = 10) -> dict[str, float]:
     """Mean and std of accuracy over contiguous folds, each thresholded on the other folds."""
+    if isinstance(num_folds, bool) or not isinstance(num_folds, (int, np.integer)) or num_folds < 2:
+        raise ValueError(f"num_folds must be an int >= 2 (the protocol uses 10), got {num_folds!r}")
     scores, issame = _check_scores(scores, issame)
     n = scores.size
     if n < 2 * num_folds:
@@ -84,6 +97,8 @@ def tar_at_far(scores: np.ndarray, issame: np.ndarray, far: float) -> float | No
     Returns None when the set has fewer than ``1/far`` impostor pairs: the operating point is then not
     measurable, and reporting a number would be a guess.
     """
+    if not 0.0 < far < 1.0:
+        raise ValueError(f"far (false accept rate) must be in (0, 1), e.g. 1e-3, got {far!r}")
     scores, issame = _check_scores(scores, issame)
     impostors = np.sort(scores[~issame])[::-1]
     genuine = scores[issame]

@@ -1,9 +1,13 @@
 """The one pair scorer shared by validation during training and by ``python -m oaml.evaluate``.
 
-Every image is embedded together with its horizontal mirror. The two views are fused by summing raw
-features (the InsightFace protocol): the raw embedding is ``embedding * norm`` before re-normalising, the
-mirror's feature map and visibility map are flipped back so that location (i, j) means the same face
-region in both views. Each pair (2i, 2i+1) is then scored four ways:
+Every image is embedded together with its horizontal mirror, and only the *embeddings* are fused: the raw
+features ``embedding * norm`` of both views are summed before re-normalising (the InsightFace protocol).
+QAConv's feature maps and the visibility maps come from the unflipped view alone. Flipping the mirror's maps
+back does not align them with the original's: a stride-2 3x3 conv with padding 1 centres its outputs on
+input columns 0, 2, 4, ... but, on the mirror, on columns W-1, W-3, ..., i.e. on the odd columns once flipped
+back. The offset of one input pixel per stride-2 stage adds up to about one cell of the final 7x7 map:
+summing the views would blur the maps QAConv matches and the visibility the occlusion metrics measure.
+Each pair (2i, 2i+1) is then scored four ways:
 
 - ``adaface``: cosine of the fused embeddings;
 - ``qaconv``: QAConv logit with the predicted visibility of both faces, in the matcher's weighting mode;
@@ -22,6 +26,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 SCORE_NAMES = ("adaface", "qaconv", "qaconv_novis", "fused")
+FUSION_KEYS = ("adaface", "qaconv")
 
 
 @dataclass
@@ -33,21 +38,18 @@ class FaceFeatures:
     visibility: Tensor  # [N, 1, h, w] in [0, 1]
 
 
-def _embed_view(backbone: nn.Module, images: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-    embedding, norm, visibility, feature_maps = backbone(images, return_occlusion=True)
-    return embedding * norm, feature_maps, visibility
-
-
 @torch.no_grad()
 def embed_faces(backbone: nn.Module, images: Tensor, flip: bool = True) -> FaceFeatures:
-    """Embed normalised images [N,3,H,W]; with ``flip`` the mirrored view is fused in."""
-    raw, maps, visibility = _embed_view(backbone, images)
+    """Embed normalised images [N,3,H,W]; with ``flip`` the mirror's raw embedding is added to the image's.
+
+    Feature maps and visibility are always the unflipped view's (see the module docstring).
+    """
+    embedding, norm, visibility, feature_maps = backbone(images, return_occlusion=True)
+    raw = embedding * norm
     if flip:
-        raw_f, maps_f, visibility_f = _embed_view(backbone, torch.flip(images, dims=[3]))
-        raw = raw + raw_f
-        maps = maps + torch.flip(maps_f, dims=[3])
-        visibility = 0.5 * (visibility + torch.flip(visibility_f, dims=[3]))
-    return FaceFeatures(F.normalize(raw.float(), dim=1), maps.float(), visibility.float())
+        embedding_f, norm_f = backbone(torch.flip(images, dims=[3]))
+        raw = raw + embedding_f * norm_f
+    return FaceFeatures(F.normalize(raw.float(), dim=1), feature_maps.float(), visibility.float())
 
 
 def split_pairs(features: FaceFeatures) -> tuple[FaceFeatures, FaceFeatures]:
@@ -63,7 +65,16 @@ def split_pairs(features: FaceFeatures) -> tuple[FaceFeatures, FaceFeatures]:
 def score_pairs(
     first: FaceFeatures, second: FaceFeatures, matcher: nn.Module, fusion: Mapping[str, float]
 ) -> dict[str, Tensor]:
-    """Four scores per pair, each a tensor [N]; higher means more likely the same person."""
+    """Four scores per pair, each a tensor [N]; higher means more likely the same person.
+
+    ``fusion`` holds the weights ``adaface`` and ``qaconv`` of the fused score (config ``val.fusion``).
+    """
+    missing = [key for key in FUSION_KEYS if key not in fusion]
+    if missing:
+        raise ValueError(
+            f"fusion weights lack {', '.join(f'val.fusion.{key}' for key in missing)}: give both "
+            f"val.fusion.adaface and val.fusion.qaconv (got {sorted(fusion)})"
+        )
     cosine = (first.embedding * second.embedding).sum(dim=1)
     qaconv = matcher.pair_scores(first.feature_maps, second.feature_maps, first.visibility, second.visibility)
     qaconv_novis = matcher.pair_scores(first.feature_maps, second.feature_maps)

@@ -13,8 +13,11 @@ Re-Identification", CVPR 2022. Checked against ShengcaiLiao/QAConv ``reid/loss/p
 Differences from the reference, on purpose: the reference treats a probe with no other positive (or no negative)
 as correct with zero triplet loss and silently drops non-finite losses; here such probes are left out of the
 accuracy and the triplet mean, a batch with none usable is an error for the triplet loss (and gives a NaN
-accuracy), and non-finite losses propagate. The QAConv scores must be computed with gradients on the backbone's
-feature maps (no ``no_grad``, no ``detach``) for these losses to train the backbone.
+accuracy), and non-finite losses propagate. The reference's triplet accuracy counts a tie (``min_pos >=
+max_neg``) as correct while its pairwise accuracy does not (``>``); here a tie is wrong for both, so the two
+accuracies agree on the same scores (a tie does not separate the pair). The QAConv scores must be computed
+with gradients on the backbone's feature maps (no ``no_grad``, no ``detach``) for these losses to train the
+backbone.
 """
 
 from __future__ import annotations

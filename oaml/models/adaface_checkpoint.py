@@ -13,6 +13,7 @@ place, the data transforms (a config key), not here: this module only moves weig
 
 from __future__ import annotations
 
+import logging
 import pickle
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -22,6 +23,8 @@ from torch import Tensor
 
 from oaml.models.iresnet import IResNet, build_backbone
 from oaml.models.margin_heads import AdaFace
+
+log = logging.getLogger(__name__)
 
 BACKBONE_PREFIX = "model."
 HEAD_PREFIX = "head."
@@ -39,7 +42,9 @@ class AdaFaceLoadReport:
         path: the checkpoint file.
         missing_keys: our keys the checkpoint does not provide (OAML's ``occlusion_head.*``, and any BN
             ``num_batches_tracked`` counters); these keep their current values.
-        unused_keys: checkpoint keys that were not loaded (a head without a receiving module, extra entries).
+        unused_keys: checkpoint keys that were not loaded: a head without a receiving module, entries outside
+            ``model.*`` and ``head.*``, and ``model.occlusion_head.*`` (OAML's head is never taken from an
+            AdaFace checkpoint). Extra ``model.*`` backbone keys are an error, not listed here.
         head_loaded: whether ``head.*`` was copied into the given AdaFace head.
         checkpoint_num_classes: the class count of the checkpoint's head (None if it has none).
         head_message: why the head was not loaded, when it was not.
@@ -88,10 +93,12 @@ def read_adaface_state_dict(path: str | Path) -> dict[str, Tensor]:
 def load_adaface_state(backbone: IResNet, path: str | Path, head: AdaFace | None = None) -> AdaFaceLoadReport:
     """Copy an AdaFace checkpoint's weights into ``backbone`` (strictly) and, if given and compatible, ``head``.
 
-    Every backbone key except ``occlusion_head.*`` must be present with the same shape; otherwise a
-    ValueError names the key and the architecture (usually the wrong ``arch`` or ``input_size``). The head is
-    loaded only when its class count matches the checkpoint's; a mismatch is reported, not raised, because
-    fine-tuning on another data set needs a fresh head.
+    Every backbone key except ``occlusion_head.*`` must be present with the same shape, and every ``model.*``
+    key of the checkpoint must exist in the backbone (an IR-SE checkpoint loaded into a plain IR model would
+    otherwise silently lose its SE weights); otherwise a ValueError names the key and the architecture
+    (usually the wrong ``arch`` or ``input_size``). The head is loaded only when its class count matches the
+    checkpoint's; a mismatch is reported, not raised, because fine-tuning on another data set needs a fresh
+    head.
     """
     path = Path(path)
     state = read_adaface_state_dict(path)
@@ -108,6 +115,17 @@ def load_adaface_state(backbone: IResNet, path: str | Path, head: AdaFace | None
         raise ValueError(
             f"{path} does not fit {_describe(backbone)}: {len(absent)} backbone keys missing, e.g. "
             f"'{BACKBONE_PREFIX}{absent[0]}'. Is the arch (or input_size) the one the checkpoint was trained with?"
+        )
+    extra = [k for k in ckpt_backbone if k not in ours and not k.startswith(OAML_ONLY_PREFIX)]
+    if extra:
+        hint = (
+            "The checkpoint has SE blocks: IR-SE weights need an IR-SE model (arch=ir_se50)."
+            if not backbone.se and any(".se_block." in k for k in extra)
+            else "Is the arch the one the checkpoint was trained with?"
+        )
+        raise ValueError(
+            f"{path} does not fit {_describe(backbone)}: {len(extra)} checkpoint backbone keys have no "
+            f"place in the model, e.g. '{BACKBONE_PREFIX}{extra[0]}'. {hint}"
         )
     for key in required:
         if key in ckpt_backbone and ckpt_backbone[key].shape != ours[key].shape:
@@ -145,11 +163,28 @@ def load_adaface_checkpoint(path: str | Path, arch: str, **backbone_kwargs) -> I
     """Build ``build_backbone(arch, **backbone_kwargs)`` and load an AdaFace checkpoint's backbone into it.
 
     ``arch`` takes OAML or AdaFace names (``ir_50``, ``ir_101``, ``ir_se_50``...). Returns the model in eval
-    mode; use :func:`load_adaface_state` for the report or to load the margin head too.
+    mode and logs the load report (keys kept at initialisation, checkpoint keys not used, the head);
+    use :func:`load_adaface_state` for the report as an object or to load the margin head too.
     """
     backbone = build_backbone(arch, **backbone_kwargs)
     try:
-        load_adaface_state(backbone, path)
+        report = load_adaface_state(backbone, path)
     except ValueError as error:
         raise ValueError(f"arch={arch!r}: {error}") from error
+    log_load_report(report)
     return backbone.eval()
+
+
+def log_load_report(report: AdaFaceLoadReport) -> None:
+    """Log what a load did: unused checkpoint keys as a warning, the rest as information."""
+    log.info(
+        "Loaded the AdaFace backbone from %s; keys kept at their initialisation: %s",
+        report.path,
+        report.missing_keys or "none",
+    )
+    if report.unused_keys:
+        log.warning("AdaFace checkpoint %s: keys not used: %s", report.path, report.unused_keys)
+    if report.head_loaded:
+        log.info("Loaded the AdaFace head (%s classes) from %s", report.checkpoint_num_classes, report.path)
+    else:
+        log.info("AdaFace head not loaded from %s: %s", report.path, report.head_message)

@@ -179,8 +179,15 @@ class IResNet(nn.Module):
         self._init_weights()
 
     def _init_weights(self) -> None:
-        """Kaiming normal (fan_out) for conv and linear weights, zero biases, unit BN: AdaFace's init."""
+        """Kaiming normal (fan_out) for conv and linear weights, zero biases, unit BN: AdaFace's init.
+
+        ``occlusion_head`` is skipped: it initialises itself (:meth:`OcclusionHead.reset_parameters`), since
+        the fan_out init of its 1-channel output conv would saturate the initial visibility sigmoid.
+        """
+        head_modules = set(map(id, self.occlusion_head.modules()))
         for module in self.modules():
+            if id(module) in head_modules:
+                continue
             if isinstance(module, (nn.Conv2d, nn.Linear)):
                 nn.init.kaiming_normal_(module.weight, mode="fan_out", nonlinearity="relu")
                 if module.bias is not None:

@@ -87,8 +87,8 @@ class AdaFace(_MarginHead):
 
     def __init__(
         self,
-        embedding_size: int = 512,
-        num_classes: int = 70722,
+        embedding_size: int,
+        num_classes: int,
         m: float = 0.4,
         h: float = 0.333,
         s: float = 64.0,

@@ -134,8 +134,8 @@ class QAConv(nn.Module):
     ) -> Tensor:
         """``[P, G]`` logits of large sets, computed in blocks of ``probe_chunk x gallery_chunk`` pairs.
 
-        Peak extra memory is about ``probe_chunk * gallery_chunk * hw^2`` floats (64 x 256 x 49^2 x 4 B =
-        157 MiB). Evaluation only (eval mode: BatchNorm must not take statistics per block). Runs in the
+        Peak extra memory is about ``probe_chunk * gallery_chunk * hw^2`` floats (64 x 256 x 49^2 x 4 B
+        = 150 MiB). Evaluation only (eval mode: BatchNorm must not take statistics per block). Runs in the
         caller's grad mode: wrap it in ``torch.inference_mode()`` for large sets.
         """
         self._require_eval("match")

@@ -9,6 +9,7 @@ those config nodes (``checkpoint["oaml"]``), so evaluation and export rebuild ex
 from __future__ import annotations
 
 import logging
+import pickle
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -37,10 +38,15 @@ def build_parts(
 
 
 def build_model(
-    cfg: DictConfig, num_classes: int, val_set_names: Sequence[str], occlusion_supervised: bool = True
+    cfg: DictConfig,
+    num_classes: int,
+    val_set_names: Sequence[str],
+    occlusion_supervised: bool = True,
+    main_visibility_known: bool = True,
 ) -> OAMLModule:
     """The training model. Without any visibility target (``occlusion_supervised`` False) the occlusion
-    loss would only teach "all visible", so it is switched off, with a notice."""
+    loss would only teach "all visible", so it is switched off, with a notice. ``main_visibility_known``
+    says whether main-stream visibility is a target or a placeholder (see ``OAMLModule.training_step``)."""
     backbone, head, matcher = build_parts(cfg.backbone, cfg.head, cfg.matcher, num_classes)
     init_from = OmegaConf.select(cfg, "model.init_from")
     if init_from:
@@ -66,6 +72,7 @@ def build_model(
         scheduler_interval=opt.get("scheduler_interval", "epoch"),
         head_lr=opt.get("head_lr"),
         detach_visibility=cfg.occlusion.detach_visibility,
+        main_visibility_known=main_visibility_known,
         fusion=OmegaConf.to_container(cfg.val.fusion),
         val_set_names=val_set_names,
         checkpoint_info={
@@ -93,19 +100,36 @@ def initialise_from_adaface(backbone: nn.Module, head: nn.Module, path: str) -> 
         log.warning("AdaFace head not taken from %s: %s", path, report.head_message)
 
 
-def load_checkpoint(path: str | Path) -> dict[str, Any]:
-    """A training checkpoint of this project, with a clear error for anything else."""
+def load_checkpoint(path: str | Path, trusted: bool = False) -> dict[str, Any]:
+    """A training checkpoint of this project, with a clear error for anything else.
+
+    Unless ``trusted``, it is unpickled with ``weights_only=True`` and may only name model classes of
+    ``oaml.models``: a checkpoint is a file from somewhere, and both pickle and ``_target_`` can run code.
+    """
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(
             f"checkpoint {path} does not exist (give ckpt=<run dir>/checkpoints/last.ckpt)"
         )
-    checkpoint = torch.load(path, map_location="cpu", weights_only=False)
+    try:
+        checkpoint = torch.load(path, map_location="cpu", weights_only=not trusted)
+    except pickle.UnpicklingError as error:
+        raise ValueError(
+            f"{path} holds objects beyond tensors and plain containers; if you trust the file, pass trusted=true"
+        ) from error
     if not isinstance(checkpoint, dict) or "oaml" not in checkpoint or "state_dict" not in checkpoint:
         raise ValueError(
             f"{path} is not an OAML training checkpoint (no 'oaml' model description); "
             "AdaFace .ckpt files are imported with oaml.models.load_adaface_checkpoint"
         )
+    if not trusted:
+        for part in ("backbone", "head", "matcher"):
+            target = str(checkpoint["oaml"].get(part, {}).get("_target_", ""))
+            if not target.startswith("oaml.models."):
+                raise ValueError(
+                    f"{path}: checkpoint['oaml']['{part}']['_target_'] = {target!r} is not a class of "
+                    "oaml.models; pass trusted=true only for files you trust"
+                )
     return checkpoint
 
 

@@ -63,6 +63,7 @@ class OAMLModule(pl.LightningModule):
         scheduler_interval: str = "epoch",
         head_lr: float | None = None,
         detach_visibility: bool = True,
+        main_visibility_known: bool = True,
         fusion: Mapping[str, float] | None = None,
         val_set_names: Sequence[str] = (),
         checkpoint_info: Mapping[str, Any] | None = None,
@@ -82,6 +83,7 @@ class OAMLModule(pl.LightningModule):
         self.scheduler_interval = scheduler_interval
         self.head_lr = head_lr
         self.detach_visibility = detach_visibility
+        self.main_visibility_known = main_visibility_known
         self.fusion = dict(fusion or {"adaface": 0.5, "qaconv": 0.5})
         self.val_set_names = list(val_set_names)
         self.checkpoint_info = dict(checkpoint_info or {})
@@ -110,11 +112,20 @@ class OAMLModule(pl.LightningModule):
         scores = self.matcher(feature_maps[:num_main], prob_occ=qaconv_visibility)
         loss_qaconv, matching_acc = self.matching_loss(scores, labels)
 
-        # Occlusion loss: every image whose visibility is known, main stream and mask stream.
-        targets = [downsample_visibility(visibility, feature_size)]
+        # Occlusion loss: every image whose visibility is known. Main-stream visibility counts only when the
+        # data knows it (synthetic faces, pasted occluders); otherwise it is an all-ones placeholder that
+        # would teach "everything is visible", also on real faces covered by hands or glasses.
+        predictions, targets = [], []
+        if self.main_visibility_known:
+            predictions.append(predicted)
+            targets.append(downsample_visibility(visibility, feature_size))
         if masks is not None:
+            predictions.append(predicted_all[num_main:])
             targets.append(downsample_visibility(masks[1], feature_size))
-        loss_occlusion = self.occlusion_loss(predicted_all, torch.cat(targets))
+        if predictions:
+            loss_occlusion = self.occlusion_loss(torch.cat(predictions), torch.cat(targets))
+        else:  # no target at all: build_model has set the weight to 0; log a zero, train nothing
+            loss_occlusion = predicted_all.sum() * 0.0
 
         losses = {"adaface": loss_adaface, "qaconv": loss_qaconv, "occlusion": loss_occlusion}
         total = sum(self.loss_weights[name] * value for name, value in losses.items())

@@ -1,26 +1,68 @@
-"""Run directories are write-once: a run never writes into a directory that already holds results."""
+"""Run directories are write-once: a run never writes into a directory that already holds results.
+
+Two guards, because Hydra writes ``.hydra/`` (the run's config) before the task starts: a Hydra callback
+stops the process before that write when ``hydra.run.dir`` (or ``hydra.sweep.dir``) points at an earlier
+run, and ``claim_run_dir`` checks again from the task itself (also when it is called without the CLI).
+"""
 
 from __future__ import annotations
 
 import os
+import sys
 from pathlib import Path
+from typing import Any
+
+from hydra.experimental.callback import Callback
+from omegaconf import DictConfig
 
 RESULT_NAMES = ("metrics.json", "checkpoints", "tensorboard")
 
 
-def claim_run_dir(run_dir: Path) -> Path:
-    """Return ``run_dir`` after checking that no earlier run left results in it.
+def _is_ddp_child() -> bool:
+    """A process started by Lightning's DDP launcher for rank > 0: it shares the directory rank 0 claimed."""
+    return int(os.environ.get("LOCAL_RANK", "0")) > 0 or int(os.environ.get("NODE_RANK", "0")) > 0
 
-    Hydra names run directories by time (to the microsecond), so this only fires when a user points
-    ``hydra.run.dir`` at an existing run, where continuing would overwrite its checkpoints and metrics.
-    """
-    if int(os.environ.get("LOCAL_RANK", "0")) > 0 or int(os.environ.get("NODE_RANK", "0")) > 0:
-        return run_dir  # a DDP child process: it shares the run directory that rank 0 claimed
-    taken = [name for name in RESULT_NAMES if (run_dir / name).exists()]
+
+def _results_in(run_dir: Path) -> list[str]:
+    return [name for name in RESULT_NAMES if (run_dir / name).exists()]
+
+
+def _refusal(run_dir: Path, taken: list[str]) -> str:
+    return (
+        f"run directory {run_dir} already holds results of an earlier run ({', '.join(taken)}); "
+        "choose a new hydra.run.dir (to resume, keep the default and pass ckpt_path=<old>/checkpoints/last.ckpt)"
+    )
+
+
+def claim_run_dir(run_dir: Path) -> Path:
+    """Return ``run_dir`` after checking that no earlier run left results in it."""
+    if _is_ddp_child():
+        return run_dir
+    taken = _results_in(run_dir)
     if taken:
-        raise FileExistsError(
-            f"run directory {run_dir} already holds results of an earlier run ({', '.join(taken)}); "
-            "choose a new hydra.run.dir (to resume, keep the default and pass ckpt_path=<old>/checkpoints/last.ckpt)"
-        )
+        raise FileExistsError(_refusal(run_dir, taken))
     run_dir.mkdir(parents=True, exist_ok=True)
     return run_dir
+
+
+class ProtectUsedRunDir(Callback):
+    """Hydra callback (``hydra.callbacks`` in conf/hydra/default.yaml): exit before Hydra overwrites the
+    ``.hydra/`` config of an earlier run. Exceptions raised in Hydra callbacks become warnings, so it exits."""
+
+    def on_run_start(self, config: DictConfig, **kwargs: Any) -> None:
+        if _is_ddp_child():
+            return
+        run_dir = Path(config.hydra.run.dir)
+        taken = _results_in(run_dir)
+        if taken:
+            sys.exit(_refusal(run_dir, taken))
+
+    def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
+        if _is_ddp_child():
+            return
+        sweep_dir = Path(config.hydra.sweep.dir)
+        earlier = sweep_dir / "multirun.yaml"
+        if earlier.exists() or any(_results_in(job) for job in sweep_dir.glob("*") if job.is_dir()):
+            sys.exit(
+                f"sweep directory {sweep_dir} already holds an earlier sweep; choose a new hydra.sweep.dir"
+            )

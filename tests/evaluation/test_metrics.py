@@ -49,6 +49,23 @@ def test_kfold_uses_contiguous_folds_and_held_out_thresholds() -> None:
     issame[:10] = ~issame[:10]
     result = kfold_accuracy(scores, issame, num_folds=10)
     assert result["acc"] == pytest.approx(0.9)
+    # Folds 1-9 score 1.0 and fold 0 scores 0.0: std = sqrt((0.9^2 + 9 * 0.1^2) / 10) = 0.3.
+    assert result["acc_std"] == pytest.approx(0.3)
+
+
+def test_kfold_is_not_strided_folds_nor_one_global_threshold() -> None:
+    # Pairs alternate genuine (1.0) / impostor (0.0), except that the first 10 pairs (fold 0) score 0.2 / 0.1.
+    # Held out, fold 0 meets the threshold 0.5 learnt on folds 1-9 and gets its 5 genuine pairs wrong (acc
+    # 0.5); every other fold is thresholded between 0.1 and 0.2 and is perfect: acc 0.95, std 0.15. Strided
+    # folds (pair i in fold i % 10) spread the low pairs over all folds and a single threshold fitted on all
+    # pairs separates them too: both would give 1.0.
+    scores = np.tile([1.0, 0.0], 50)
+    issame = scores > 0.5
+    scores[:10] = np.tile([0.2, 0.1], 5)
+    result = kfold_accuracy(scores, issame, num_folds=10)
+    assert result["acc"] == pytest.approx(0.95)
+    assert result["acc_std"] == pytest.approx(0.15)
+    assert best_threshold(scores, issame)[1] == 1.0
 
 
 def test_kfold_rejects_too_few_pairs_and_nan() -> None:
@@ -99,3 +116,22 @@ def test_visibility_report_measures_hidden_region() -> None:
     assert report["occ_mse"] == pytest.approx((0.2**2 + 1.0) / 8)  # cells (1,1,0) and (1,1,1)
     assert report["visibility_clean"] == pytest.approx(1.0)
     assert report["visibility_occluded"] == pytest.approx((3 + 0.2) / 4)
+
+
+def test_arguments_are_validated() -> None:
+    scores = np.linspace(0.0, 1.0, 40)
+    issame = np.arange(40) % 2 == 0
+    for far in (0.0, 1.0, -1e-3, 2.0, float("nan")):
+        with pytest.raises(ValueError, match="far"):
+            tar_at_far(scores, issame, far)
+    for folds in (1, 0, 2.5, True):
+        with pytest.raises(ValueError, match="num_folds"):
+            kfold_accuracy(scores, issame, num_folds=folds)
+    assert kfold_accuracy(scores, issame, num_folds=np.int64(2))["acc"] >= 0.0
+    # issame must be labels: a score, a class id or NaN would all silently cast to True.
+    for bad in (scores, np.arange(40), np.where(issame, 1.0, np.nan), np.array(["same"] * 40)):
+        with pytest.raises(ValueError, match="issame"):
+            kfold_accuracy(scores, bad)
+    ints = kfold_accuracy(scores, issame.astype(int))
+    floats = kfold_accuracy(scores, issame.astype(float))
+    assert ints == floats == kfold_accuracy(scores, issame)

@@ -108,11 +108,31 @@ def test_shapes_and_outputs(input_size: int, side: int) -> None:
     torch.testing.assert_close(embedding * norm, raw)
 
 
-def test_ir_nano_gives_a_7x7_map() -> None:
-    model = build_backbone("ir_nano", embedding_size=64).eval()
-    emb, norm, occ, feats = model(torch.randn(2, 3, 112, 112), return_occlusion=True)
-    assert feats.shape == (2, 128, 7, 7) and occ.shape == (2, 1, 7, 7) and emb.shape == (2, 64)
+@pytest.mark.parametrize(("input_size", "side"), [(112, 7), (224, 14)])
+def test_ir_nano_feature_map_size(input_size: int, side: int) -> None:
+    model = build_backbone("ir_nano", input_size=input_size, embedding_size=64).eval()
+    assert model.feature_size == (side, side)
+    assert model.output_layer[3].in_features == 128 * side * side
+    emb, norm, occ, feats = model(torch.randn(2, 3, input_size, input_size), return_occlusion=True)
+    assert feats.shape == (2, 128, side, side) and occ.shape == (2, 1, side, side) and emb.shape == (2, 64)
+    assert norm.shape == (2, 1)
     assert len(model.body) >= 4
+
+
+def test_fresh_occlusion_head_is_not_saturated() -> None:
+    """AdaFace's fan_out init must not reach the occlusion head: its 1-channel conv would get std ~1.4 and
+    saturate the sigmoid, where the occlusion MSE has almost no gradient."""
+    torch.manual_seed(0)
+    model = build_backbone("ir_nano", embedding_size=64).train()
+    _, _, visibility, _ = model(torch.randn(8, 3, 112, 112), return_occlusion=True)
+    inside = ((visibility > 0.05) & (visibility < 0.99)).float().mean().item()
+    assert inside > 0.95, inside
+    head = model.occlusion_head
+    assert torch.all(head.conv2.bias == 2.0)
+    assert float(head.conv2.weight.detach().std()) < 0.05
+    # the backbone keeps AdaFace's init: the embedding Linear has the fan_out std sqrt(2 / out_features)
+    linear = model.output_layer[3].weight
+    assert abs(float(linear.detach().std()) - (2.0 / 64) ** 0.5) < 0.01
 
 
 def test_bad_inputs_are_rejected() -> None:
@@ -133,7 +153,8 @@ def test_occlusion_loss_gradient_isolation(detach: bool) -> None:
     torch.nn.functional.mse_loss(occlusion, target).backward()
     body_grads = [p.grad for n, p in model.named_parameters() if n.startswith(("body.", "input_layer."))]
     head_grads = [p.grad for p in model.occlusion_head.parameters()]
-    assert all(g is not None and g.abs().sum() > 0 for g in head_grads[:1])
+    assert len(head_grads) == 5  # conv1 weight, BN weight and bias, conv2 weight and bias
+    assert all(g is not None and g.abs().sum() > 0 for g in head_grads)
     body_signal = sum(float(g.abs().sum()) for g in body_grads if g is not None)
     if detach:
         assert body_signal == 0.0

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 import math
 
 import pytest
@@ -127,3 +128,11 @@ def test_bad_inputs_are_rejected() -> None:
         head(torch.randn(2, 5), torch.ones(2, 1), torch.tensor([0, 1]))
     with pytest.raises(ValueError, match=">= 2 samples"):
         head(emb[:1], torch.ones(1, 1), torch.tensor([0]))
+
+
+@pytest.mark.parametrize("head_class", [AdaFace, ArcFace, CosFace])
+def test_num_classes_is_required_by_every_head(head_class: type) -> None:
+    """No head guesses the class count (AdaFace once defaulted to MS1MV2's 70722): it comes from the data."""
+    with pytest.raises(TypeError, match="num_classes"):
+        head_class(embedding_size=8)
+    assert list(inspect.signature(head_class).parameters)[:3] == ["embedding_size", "num_classes", "m"]

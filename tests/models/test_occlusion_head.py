@@ -1,4 +1,4 @@
-"""OcclusionHead: exact layout and size, output range and shape, input checks."""
+"""OcclusionHead: exact layout and size, its own initialisation, output range and shape, input checks."""
 
 from __future__ import annotations
 
@@ -35,3 +35,22 @@ def test_spatial_size_follows_the_input() -> None:
 def test_wrong_channel_count_is_rejected() -> None:
     with pytest.raises(ValueError, match=r"\[B, 16, h, w\]"):
         OcclusionHead(16)(torch.randn(1, 8, 7, 7))
+
+
+def test_initialisation_starts_unsaturated_and_mostly_visible() -> None:
+    torch.manual_seed(0)
+    head = OcclusionHead(512, hidden_channels=128)
+    # conv1: Kaiming fan_out (relu), std sqrt(2 / (128 * 3 * 3))
+    expected_std = (2.0 / (128 * 9)) ** 0.5
+    assert abs(float(head.conv1.weight.detach().std()) - expected_std) / expected_std < 0.02
+    assert abs(float(head.conv2.weight.detach().std()) - 0.01) < 0.002
+    assert torch.all(head.conv2.bias == 2.0)
+    assert torch.all(head.bn.weight == 1.0) and torch.all(head.bn.bias == 0.0)
+    visibility = head.train()(torch.randn(4, 512, 7, 7))
+    # logits stay near 2.0: sigmoid(2.0) = 0.88, far from both saturated ends
+    assert ((visibility > 0.8) & (visibility < 0.95)).all()
+    with torch.no_grad():
+        head.conv2.bias.fill_(-5.0)
+        head.conv1.weight.zero_()
+    head.reset_parameters()
+    assert torch.all(head.conv2.bias == 2.0) and head.conv1.weight.abs().sum() > 0

@@ -289,6 +289,18 @@ def test_match_symmetric_without_visibility(weighting: str) -> None:
     torch.testing.assert_close(qa.match(x, y), qa.match(y, x).T, atol=1e-6, rtol=1e-6)
 
 
+@pytest.mark.parametrize("weighting", WEIGHTINGS)
+def test_match_symmetric_with_visibility(weighting: str) -> None:
+    """Swapping probe and gallery, each with its own visibility, transposes the scores in every mode."""
+    qa = make_qaconv(weighting)
+    x, y = maps(5, 1), maps(3, 2)
+    vx, vy = asymmetric_visibility(5, "rows"), asymmetric_visibility(3, "cols")
+    forward = qa.match(x, y, vx, vy)
+    torch.testing.assert_close(forward, qa.match(y, x, vy, vx).T, atol=1e-6, rtol=1e-6)
+    if weighting != "none":  # the visibility is not ignored, so the symmetry is not the trivial one
+        assert (forward - qa.match(x, y)).abs().max() > 1e-3
+
+
 def test_normalisation_inside_is_idempotent_and_scale_free() -> None:
     qa = make_qaconv("mask")
     x, v = maps(4, 1), visibility(4, 2)

@@ -7,6 +7,7 @@ import math
 import pytest
 import torch
 from torch import nn
+from torch.optim.optimizer import register_optimizer_step_post_hook
 
 from oaml.train import train
 from oaml.training.build import build_model
@@ -54,18 +55,48 @@ def test_warmup_cosine_shape() -> None:
         warmup_cosine(optimizer, total_steps=10, warmup_fraction=1.0)
 
 
-def test_adamw_schedule_gets_the_run_length_from_the_trainer(tiny_train_config, tmp_path) -> None:
-    metrics = train(tiny_train_config("optimizer=adamw", run_dir=tmp_path / "run"))
-    assert math.isfinite(metrics["train/loss"])
+class _StepRecorder:
+    """Every optimizer step of a run, seen right after it: Lightning steps with a closure (forward, backward,
+    clipping run inside step), so only a post-hook sees this step's clipped gradients and the lr it used."""
+
+    def __init__(self) -> None:
+        self.lrs: list[float] = []
+        self.grad_norms: list[float] = []
+
+    def __call__(self, optimizer, args, kwargs) -> None:
+        grads = [p.grad for g in optimizer.param_groups for p in g["params"] if p.grad is not None]
+        self.grad_norms.append(
+            torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g) for g in grads])).item()
+        )
+        self.lrs.append(optimizer.param_groups[0]["lr"])
 
 
-@pytest.mark.parametrize("precision", ["bf16-mixed", "16-mixed"])
-def test_mixed_precision_trains_and_validates(tiny_train_config, tmp_path, precision: str) -> None:
-    # On CPU: Lightning's autocast (and, for 16-mixed, its gradient scaler) through every branch and the scorer.
+@pytest.fixture
+def steps():
+    recorder = _StepRecorder()
+    handle = register_optimizer_step_post_hook(recorder)
+    yield recorder
+    handle.remove()
+
+
+def test_adamw_schedule_gets_the_run_length_from_the_trainer(tiny_train_config, tmp_path, steps) -> None:
+    train(tiny_train_config("optimizer=adamw", run_dir=tmp_path / "run"))
+    # 3 steps, warmup round(0.05 * 3) = 0 steps, cosine to 1% of lr 1e-3: only total_steps=3 gives these.
+    expected = [1e-3 * (0.01 + 0.99 * 0.5 * (1 + math.cos(math.pi * k / 3))) for k in range(3)]
+    assert steps.lrs == pytest.approx(expected)
+
+
+def test_bf16_mixed_precision_trains_and_validates(tiny_train_config, tmp_path) -> None:
+    # CPU autocast in bf16 through every branch and the scorer. (Lightning replaces 16-mixed by bf16-mixed on
+    # CPU, so fp16 with its gradient scaler can only be checked on a GPU.)
+    precision = "bf16-mixed"
     metrics = train(tiny_train_config(f"trainer.precision={precision}", run_dir=tmp_path / "run"))
     assert math.isfinite(metrics["train/loss"]) and 0.0 <= metrics["val/synthetic/qaconv_acc"] <= 1.0
 
 
-def test_gradient_clipping_by_config(tiny_train_config, tmp_path) -> None:
-    metrics = train(tiny_train_config("trainer.gradient_clip_val=1.0", run_dir=tmp_path / "run"))
-    assert math.isfinite(metrics["train/loss"])
+def test_gradient_clipping_by_config(tiny_train_config, tmp_path, steps) -> None:
+    train(tiny_train_config(run_dir=tmp_path / "free"))
+    assert max(steps.grad_norms) > 1.0  # without clipping the gradients are larger than the bound below
+    steps.grad_norms.clear()
+    train(tiny_train_config("trainer.gradient_clip_val=1.0", run_dir=tmp_path / "clipped"))
+    assert len(steps.grad_norms) == 3 and max(steps.grad_norms) <= 1.0 + 1e-4

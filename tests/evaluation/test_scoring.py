@@ -1,0 +1,110 @@
+"""The pair scorer: flip fusion of embeddings only, unflipped maps, fused score, pair splitting."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from oaml.evaluation.scoring import FaceFeatures, embed_faces, score_pairs, split_pairs
+from oaml.models import IResNet, QAConv
+
+# Three stride-2 stages after a stride-2 stem: 112 -> 7, as ir_nano, but smaller.
+TINY = dict(
+    units=(1, 1, 1),
+    channels=(16, 32, 32),
+    stem_channels=8,
+    stem_stride=2,
+    embedding_size=16,
+    occlusion_hidden_channels=8,
+)
+
+
+@pytest.fixture(scope="module")
+def backbone() -> IResNet:
+    torch.manual_seed(0)
+    model = IResNet(**TINY)
+    with torch.no_grad():  # trained-looking BN statistics and a non-constant visibility map
+        for name, tensor in model.state_dict().items():
+            if name.endswith("running_var"):
+                tensor.uniform_(0.5, 2.0)
+            elif name.endswith("running_mean"):
+                tensor.normal_(0.0, 0.2)
+        model.occlusion_head.conv2.weight.normal_(0.0, 0.3)
+        model.occlusion_head.conv2.bias.zero_()
+    return model.eval()
+
+
+@pytest.fixture(scope="module")
+def images() -> torch.Tensor:
+    return torch.randn(4, 3, 112, 112, generator=torch.Generator().manual_seed(1))
+
+
+@pytest.fixture(scope="module")
+def features(backbone: IResNet, images: torch.Tensor) -> FaceFeatures:
+    return embed_faces(backbone, images, flip=True)
+
+
+def test_flip_fuses_raw_embeddings_only(
+    backbone: IResNet, images: torch.Tensor, features: FaceFeatures
+) -> None:
+    with torch.no_grad():
+        embedding, norm, visibility, maps = backbone(images, return_occlusion=True)
+        embedding_f, norm_f = backbone(torch.flip(images, dims=[3]))
+    expected = F.normalize(embedding * norm + embedding_f * norm_f, dim=1)
+    torch.testing.assert_close(features.embedding, expected, atol=1e-6, rtol=1e-5)
+    # The norms differ between the views, so summing unit embeddings would give another direction.
+    assert (norm - norm_f).abs().max() > 1e-2
+    unweighted = F.normalize(embedding + embedding_f, dim=1)
+    assert (features.embedding - unweighted).abs().max() > 1e-4
+    # QAConv maps and visibility are the unflipped view's, not a blend with the flipped-back mirror.
+    torch.testing.assert_close(features.feature_maps, maps)
+    torch.testing.assert_close(features.visibility, visibility)
+    assert visibility.std() > 1e-2  # a constant map would not show a blend
+
+
+def test_without_flip_everything_is_the_single_view(
+    backbone: IResNet, images: torch.Tensor, features: FaceFeatures
+) -> None:
+    single = embed_faces(backbone, images, flip=False)
+    with torch.no_grad():
+        embedding, _, visibility, maps = backbone(images, return_occlusion=True)
+    torch.testing.assert_close(single.embedding, embedding, atol=1e-6, rtol=1e-5)
+    torch.testing.assert_close(single.feature_maps, maps)
+    torch.testing.assert_close(single.visibility, visibility)
+    assert (single.embedding - features.embedding).abs().max() > 1e-4
+
+
+def test_split_pairs_interleaves_and_rejects_odd_batches(features: FaceFeatures) -> None:
+    first, second = split_pairs(features)
+    torch.testing.assert_close(first.embedding, features.embedding[[0, 2]])
+    torch.testing.assert_close(second.feature_maps, features.feature_maps[[1, 3]])
+    torch.testing.assert_close(second.visibility, features.visibility[[1, 3]])
+    odd = FaceFeatures(features.embedding[:3], features.feature_maps[:3], features.visibility[:3])
+    with pytest.raises(ValueError, match="even number"):
+        split_pairs(odd)
+
+
+def test_scores_and_fusion(features: FaceFeatures) -> None:
+    first, second = split_pairs(features)
+    matcher = QAConv(32, 7, 7, weighting="mask").eval()
+    scores = score_pairs(first, second, matcher, {"adaface": 0.3, "qaconv": 0.7})
+    cosine = (first.embedding * second.embedding).sum(dim=1)
+    qaconv = matcher.pair_scores(first.feature_maps, second.feature_maps, first.visibility, second.visibility)
+    torch.testing.assert_close(scores["adaface"], cosine)
+    torch.testing.assert_close(scores["qaconv"], qaconv)
+    torch.testing.assert_close(
+        scores["qaconv_novis"], matcher.pair_scores(first.feature_maps, second.feature_maps)
+    )
+    assert (scores["qaconv"] - scores["qaconv_novis"]).abs().max() > 1e-4  # visibility is used
+    torch.testing.assert_close(scores["fused"], 0.3 * cosine + 0.7 * torch.sigmoid(qaconv))
+
+
+@pytest.mark.parametrize("missing", ["adaface", "qaconv"])
+def test_missing_fusion_weight_names_the_config_key(features: FaceFeatures, missing: str) -> None:
+    first, second = split_pairs(features)
+    matcher = QAConv(32, 7, 7).eval()
+    fusion = {"adaface": 0.5, "qaconv": 0.5}
+    del fusion[missing]
+    with pytest.raises(ValueError, match=rf"val\.fusion\.{missing}"):
+        score_pairs(first, second, matcher, fusion)
