@@ -17,7 +17,8 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 from oaml.data.datamodule import OAMLDataModule
 from oaml.data.val_sets import build_val_sets
 from oaml.paths import CONF_DIR
-from oaml.training.build import load_checkpoint, model_from_checkpoint
+from oaml.training.build import model_from_checkpoint
+from oaml.training.checkpoint import load_checkpoint
 from oaml.training.report import print_metrics_table, write_metrics_json
 from oaml.training.run_dir import claim_run_dir
 
@@ -36,7 +37,7 @@ def evaluate(cfg: DictConfig) -> dict[str, float]:
         seed=cfg.seed,
     )
     model = model_from_checkpoint(
-        checkpoint, OmegaConf.to_container(cfg.val.fusion), datamodule.val_set_names
+        checkpoint, OmegaConf.to_container(cfg.val.fusion), datamodule.val_set_names, cfg.ckpt, cfg.trusted
     )
     trainer: pl.Trainer = instantiate(cfg.trainer, logger=False, callbacks=[], default_root_dir=str(run_dir))
     trainer.validate(model, datamodule=datamodule, verbose=False)

@@ -18,7 +18,6 @@ flow); torch 2.14 marks ``torch.jit`` as deprecated in favour of ``torch.export`
 from __future__ import annotations
 
 import logging
-import pickle
 import warnings
 from pathlib import Path
 from typing import Any
@@ -28,8 +27,9 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 from torch import Tensor, nn
 
-from oaml.models.iresnet import IResNet, build_backbone
+from oaml.models.iresnet import IResNet
 from oaml.paths import CONF_DIR
+from oaml.training.checkpoint import build_part, load_checkpoint
 
 log = logging.getLogger(__name__)
 
@@ -37,14 +37,6 @@ FORMATS = {"onnx": ".onnx", "torchscript": ".torchscript.pt"}
 BACKBONE_PREFIX = "backbone."
 INPUT_NAMES = ["images"]
 OUTPUT_NAMES = ["embedding", "norm", "visibility"]
-# The only ``_target_`` an untrusted checkpoint's backbone config may name: a checkpoint is a file from
-# somewhere, and instantiating an arbitrary ``_target_`` runs arbitrary code (``pathlib.Path.touch``, ...).
-SAFE_BACKBONE_TARGETS: dict[str, Any] = {
-    "oaml.models.build_backbone": build_backbone,
-    "oaml.models.iresnet.build_backbone": build_backbone,
-    "oaml.models.IResNet": IResNet,
-    "oaml.models.iresnet.IResNet": IResNet,
-}
 
 
 class InferenceModel(nn.Module):
@@ -60,37 +52,14 @@ class InferenceModel(nn.Module):
 
 
 def load_backbone_from_checkpoint(path: str | Path, trusted: bool = False) -> IResNet:
-    """Rebuild the backbone of an OAML Lightning checkpoint (eval mode).
+    """Rebuild the backbone of an OAML Lightning checkpoint (eval mode), safely unless ``trusted``.
 
-    The checkpoint carries the backbone's Hydra config under ``checkpoint["oaml"]["backbone"]`` and its
-    weights under ``state_dict`` keys prefixed ``backbone.``; both are required, and the weights load strictly.
-    Unless ``trusted``, the config's ``_target_`` must be one of ``SAFE_BACKBONE_TARGETS`` and the other
-    entries plain constructor arguments: the builder is called directly, without Hydra's instantiation, so
-    a crafted config cannot run other code. ``trusted=True`` allows full unpickling and any ``_target_``
-    (only for files you trust).
+    The checkpoint carries the backbone's config under ``checkpoint["oaml"]["backbone"]`` and its weights
+    under ``state_dict`` keys prefixed ``backbone.``; both are required, and the weights load strictly. See
+    ``oaml.training.checkpoint`` for what ``trusted`` allows.
     """
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"checkpoint not found: {path}")
-    try:
-        checkpoint = torch.load(path, map_location="cpu", weights_only=not trusted)
-    except pickle.UnpicklingError as error:
-        raise ValueError(
-            f"{path} holds objects that safe loading refuses; if you trust this file, rerun with trusted=true "
-            f"({str(error).splitlines()[0]})"
-        ) from error
-    if not isinstance(checkpoint, dict) or "state_dict" not in checkpoint:
-        raise ValueError(f"{path} is not a Lightning checkpoint: no 'state_dict' entry")
-    backbone_cfg = (checkpoint.get("oaml") or {}).get("backbone")
-    if not backbone_cfg or "_target_" not in backbone_cfg:
-        raise ValueError(
-            f"{path} lacks checkpoint['oaml']['backbone'] (the backbone's Hydra config with a _target_): "
-            "was it written by oaml.train?"
-        )
-    if trusted:
-        backbone = hydra.utils.instantiate(OmegaConf.create(dict(backbone_cfg)))
-    else:
-        backbone = _build_safe_backbone(path, dict(backbone_cfg))
+    checkpoint = load_checkpoint(path, trusted=trusted)
+    backbone = build_part(checkpoint, "backbone", path, trusted=trusted)
     if not isinstance(backbone, IResNet):
         raise ValueError(
             f"{path}: checkpoint['oaml']['backbone'] builds a {type(backbone).__name__}, not an IResNet"
@@ -106,47 +75,10 @@ def load_backbone_from_checkpoint(path: str | Path, trusted: bool = False) -> IR
         backbone.load_state_dict(state, strict=True)
     except RuntimeError as error:
         raise ValueError(
-            f"{path}: the weights do not fit the configured backbone {backbone_cfg}: {error}"
+            f"{path}: the weights do not fit the configured backbone "
+            f"{checkpoint['oaml']['backbone']}: {error}"
         ) from error
     return backbone.eval()
-
-
-def _nested_targets(value: Any, where: str) -> list[str]:
-    """Paths of every ``_target_`` key inside ``value`` (nested dicts and lists)."""
-    found: list[str] = []
-    if isinstance(value, dict):
-        for key, item in value.items():
-            if key == "_target_":
-                found.append(where)
-            found += _nested_targets(item, f"{where}.{key}")
-    elif isinstance(value, (list, tuple)):
-        for index, item in enumerate(value):
-            found += _nested_targets(item, f"{where}[{index}]")
-    return found
-
-
-def _build_safe_backbone(path: Path, cfg: dict[str, Any]) -> Any:
-    """Call an allow-listed backbone builder with the config's plain arguments (see SAFE_BACKBONE_TARGETS)."""
-    key = "checkpoint['oaml']['backbone']['_target_']"
-    target = cfg.pop("_target_")
-    if target not in SAFE_BACKBONE_TARGETS:
-        raise ValueError(
-            f"{path}: {key} = {target!r} is not an OAML backbone builder (allowed: "
-            f"{', '.join(SAFE_BACKBONE_TARGETS)}); refusing to run it. "
-            "Pass trusted=true only for files you trust."
-        )
-    special = sorted(k for k in map(str, cfg) if k.startswith("_") and k.endswith("_"))
-    nested = _nested_targets(cfg, "checkpoint['oaml']['backbone']")
-    if special or nested:
-        raise ValueError(
-            f"{path}: checkpoint['oaml']['backbone'] may hold only plain arguments of {target}, found "
-            f"{', '.join(special + [n + '._target_' for n in nested])}; refusing to instantiate it. "
-            "Pass trusted=true only for files you trust."
-        )
-    try:
-        return SAFE_BACKBONE_TARGETS[target](**cfg)
-    except TypeError as error:
-        raise ValueError(f"{path}: checkpoint['oaml']['backbone'] does not fit {target}: {error}") from error
 
 
 def default_output_path(ckpt: Path, fmt: str) -> Path:

@@ -15,7 +15,8 @@ from conftest import REPO, TINY_OVERRIDES
 
 from oaml.export import export
 from oaml.train import train
-from oaml.training.build import load_checkpoint, model_from_checkpoint
+from oaml.training.build import model_from_checkpoint
+from oaml.training.checkpoint import load_checkpoint
 
 
 def test_a_trained_checkpoint_exports_to_onnx_with_matching_outputs(

@@ -9,18 +9,17 @@ those config nodes (``checkpoint["oaml"]``), so evaluation and export rebuild ex
 from __future__ import annotations
 
 import logging
-import pickle
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-import torch
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
 from oaml.losses import OcclusionLoss, PairwiseMatchingLoss
 from oaml.models import AdaFace, load_adaface_state
+from oaml.training.checkpoint import build_part
 from oaml.training.module import LOSS_NAMES, OAMLModule
 
 log = logging.getLogger(__name__)
@@ -100,46 +99,40 @@ def initialise_from_adaface(backbone: nn.Module, head: nn.Module, path: str) -> 
         log.warning("AdaFace head not taken from %s: %s", path, report.head_message)
 
 
-def load_checkpoint(path: str | Path, trusted: bool = False) -> dict[str, Any]:
-    """A training checkpoint of this project, with a clear error for anything else.
-
-    Unless ``trusted``, it is unpickled with ``weights_only=True`` and may only name model classes of
-    ``oaml.models``: a checkpoint is a file from somewhere, and both pickle and ``_target_`` can run code.
-    """
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(
-            f"checkpoint {path} does not exist (give ckpt=<run dir>/checkpoints/last.ckpt)"
-        )
-    try:
-        checkpoint = torch.load(path, map_location="cpu", weights_only=not trusted)
-    except pickle.UnpicklingError as error:
-        raise ValueError(
-            f"{path} holds objects beyond tensors and plain containers; if you trust the file, pass trusted=true"
-        ) from error
-    if not isinstance(checkpoint, dict) or "oaml" not in checkpoint or "state_dict" not in checkpoint:
-        raise ValueError(
-            f"{path} is not an OAML training checkpoint (no 'oaml' model description); "
-            "AdaFace .ckpt files are imported with oaml.models.load_adaface_checkpoint"
-        )
-    if not trusted:
-        for part in ("backbone", "head", "matcher"):
-            target = str(checkpoint["oaml"].get(part, {}).get("_target_", ""))
-            if not target.startswith("oaml.models."):
-                raise ValueError(
-                    f"{path}: checkpoint['oaml']['{part}']['_target_'] = {target!r} is not a class of "
-                    "oaml.models; pass trusted=true only for files you trust"
-                )
-    return checkpoint
-
-
 def model_from_checkpoint(
-    checkpoint: Mapping[str, Any], fusion: Mapping[str, float], val_set_names: Sequence[str]
+    checkpoint: Mapping[str, Any],
+    fusion: Mapping[str, float],
+    val_set_names: Sequence[str],
+    source: str | Path = "checkpoint",
+    trusted: bool = False,
 ) -> OAMLModule:
-    """Rebuild the trained model (weights loaded strictly) for validation only: no optimizer."""
-    info = checkpoint["oaml"]
-    backbone, head, matcher = build_parts(
-        info["backbone"], info["head"], info["matcher"], info["num_classes"]
+    """Rebuild the trained model (weights loaded strictly) for validation only: no optimizer.
+
+    Parts are built with ``oaml.training.checkpoint.build_part`` (allow-listed classes unless ``trusted``).
+    """
+    info = checkpoint.get("oaml")
+    if not info or "num_classes" not in info:
+        raise ValueError(
+            f"{source} is not an OAML training checkpoint (no checkpoint['oaml'] model description)"
+        )
+    backbone = build_part(checkpoint, "backbone", source, trusted)
+    height, width = backbone.feature_size
+    head = build_part(
+        checkpoint,
+        "head",
+        source,
+        trusted,
+        embedding_size=backbone.embedding_size,
+        num_classes=info["num_classes"],
+    )
+    matcher = build_part(
+        checkpoint,
+        "matcher",
+        source,
+        trusted,
+        num_features=backbone.feature_channels,
+        height=height,
+        width=width,
     )
     model = OAMLModule(
         backbone=backbone,

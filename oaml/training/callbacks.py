@@ -202,7 +202,7 @@ class VisibilityImageLogger(pl.Callback):
         try:
             with torch.no_grad(), trainer.precision_plugin.val_step_context():
                 inputs = trainer.precision_plugin.convert_input(images.to(pl_module.device))
-                visibility = embed_faces(backbone, inputs).visibility
+                visibility = embed_faces(backbone, inputs, flip=False).visibility
         finally:
             backbone.train(was_training)
         return visibility.float().cpu()

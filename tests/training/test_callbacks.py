@@ -17,8 +17,9 @@ from tensorboard.backend.event_processing import event_accumulator
 from oaml.data.normalize import normalize_faces
 from oaml.evaluation.scoring import embed_faces
 from oaml.train import train
-from oaml.training.build import load_checkpoint, model_from_checkpoint
+from oaml.training.build import model_from_checkpoint
 from oaml.training.callbacks import VisibilityImageLogger, denormalize_faces, overlay_visibility
+from oaml.training.checkpoint import load_checkpoint
 
 CALLBACK = [
     "callbacks.visibility_images.num_images=4",
@@ -134,7 +135,7 @@ def test_train_logs_face_predicted_and_true_visibility_grid(tiny_train_config, t
 
     faces01 = images.float() / 255.0
     expected_true = _expected_overlay(faces01, target)
-    # What the trained backbone predicts for these faces (flip-fused, as validation scores them).
+    # What the trained backbone predicts for these faces (the image's own view, as validation scores it).
     checkpoint = load_checkpoint(tmp_path / "every_validation" / "step3.ckpt")
     assert checkpoint["global_step"] == 3
     model = model_from_checkpoint(checkpoint, {}, [])
