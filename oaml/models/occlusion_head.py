@@ -9,21 +9,18 @@ Kept deliberately small (one 3x3 conv, BN, ReLU, one 1x1 conv): the map is coars
 noticeably to the backbone's cost.
 
 Initialisation (:meth:`OcclusionHead.reset_parameters`) is the head's own, not the backbone's. AdaFace's
-Kaiming fan_out init gives the final 1x1 conv (fan_out 1) a weight std of about 1.4, so the initial logits
-have a std of 10-20 and most sigmoid outputs start saturated at 0 or 1, where the MSE against the masks has
-almost no gradient. A small final weight (std 0.01) keeps the initial logits near the bias; the bias 2.0 (sigmoid
-0.88) starts the map at "mostly visible", which is what most face cells are.
+Kaiming fan_out init would give the final 1x1 conv (fan_out 1) a weight std of about 1.4: initial logits
+with a std of 10-20, most sigmoid outputs saturated at 0 or 1, where the MSE has almost no gradient. Kaiming
+fan_in (std sqrt(2/hidden)) with a zero bias starts the logits at a std of about 1 (visibility spread around
+0.5, none saturated) while keeping the gradient into conv1 large enough to learn fast. Measured on the default
+synthetic run after 150 steps (experiments/default_recipe/README.md): fan_in/zero bias reached an occluded-face
+MSE of 0.063, the saturating fan_out init 0.071, and a near-zero final weight with bias 2.0 only 0.084.
 """
 
 from __future__ import annotations
 
 import torch
 from torch import Tensor, nn
-
-# Initial logit of every cell: sigmoid(2.0) = 0.88, i.e. "mostly visible", as most of a face is.
-INITIAL_VISIBILITY_LOGIT = 2.0
-# Std of the final 1x1 conv's weight: small, so that the initial logits stay near INITIAL_VISIBILITY_LOGIT.
-CONV2_WEIGHT_STD = 0.01
 
 
 class OcclusionHead(nn.Module):
@@ -49,11 +46,11 @@ class OcclusionHead(nn.Module):
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
-        """Kaiming fan_out conv1, unit BN, near-zero conv2 weight and bias 2.0 (see the module docstring)."""
+        """Kaiming fan_out conv1, unit BN, Kaiming fan_in conv2 with zero bias (see the module docstring)."""
         nn.init.kaiming_normal_(self.conv1.weight, mode="fan_out", nonlinearity="relu")
         self.bn.reset_parameters()
-        nn.init.normal_(self.conv2.weight, mean=0.0, std=CONV2_WEIGHT_STD)
-        nn.init.constant_(self.conv2.bias, INITIAL_VISIBILITY_LOGIT)
+        nn.init.kaiming_normal_(self.conv2.weight, mode="fan_in", nonlinearity="relu")
+        nn.init.zeros_(self.conv2.bias)
 
     def logits(self, features: Tensor) -> Tensor:
         """Pre-sigmoid visibility [B, 1, h, w] (for a numerically stable BCE loss, should one be wanted)."""
