@@ -10,6 +10,7 @@ resolution, before the averaging, so the target always describes the augmented i
 
 from __future__ import annotations
 
+import hashlib
 import os
 import warnings
 from pathlib import Path
@@ -27,8 +28,10 @@ __all__ = ["NiqabMaskDataset", "split_names"]
 
 
 def split_names(names: list[str], split: str, val_fraction: float, seed: int) -> list[str]:
-    """Deterministic train/val split: sorted names, permuted by `seed`; the first round(n * val_fraction)
-    of the permutation are validation. The same names and seed always give the same split."""
+    """Deterministic train/val split, stable as a data set grows: names are ranked by a hash of
+    (`seed`, name) and the round(n * val_fraction) lowest are validation. The same names and seed always
+    give the same split, and adding a few images moves at most as many existing names between the splits
+    (a permutation of the sorted names would reshuffle all of them and leak validation faces into training)."""
     if split not in ("train", "val", "all"):
         raise ValueError(f"split must be 'train', 'val' or 'all', got {split!r}")
     if not 0.0 <= val_fraction < 1.0:
@@ -36,10 +39,12 @@ def split_names(names: list[str], split: str, val_fraction: float, seed: int) ->
     ordered = sorted(names)
     if split == "all":
         return ordered
-    permutation = np.random.default_rng(seed).permutation(len(ordered))
+    rank = sorted(
+        ordered, key=lambda name: hashlib.blake2b(f"{seed}\0{name}".encode(), digest_size=8).digest()
+    )
     n_val = round(len(ordered) * val_fraction)
-    chosen = permutation[:n_val] if split == "val" else permutation[n_val:]
-    return [ordered[i] for i in sorted(chosen)]
+    chosen = set(rank[:n_val] if split == "val" else rank[n_val:])
+    return [name for name in ordered if name in chosen]
 
 
 class NiqabMaskDataset(Dataset):

@@ -79,6 +79,9 @@ def test_split_is_deterministic_disjoint_and_complete(tmp_path):
     assert split_names(names, "val", 0.25, seed=4) != val
     with pytest.raises(ValueError, match="split must be"):
         split_names(names, "test", 0.1, 0)
+    # Growing the set by one image moves at most one earlier name between the splits.
+    grown = split_names([*names, "n99"], "val", 0.25, seed=3)
+    assert len(set(val) ^ (set(grown) - {"n99"})) <= 1
 
     for name in names[:4]:
         _write_pair(tmp_path, name, 10)
