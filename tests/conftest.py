@@ -46,9 +46,10 @@ torch.set_num_threads(min(2, os.cpu_count() or 1))
 def compose_train_config(run_dir: Path, overrides: Sequence[str] = ()) -> DictConfig:
     """The config `python -m oaml.train` would run, with Hydra's runtime output dir set to ``run_dir``.
 
-    The synthetic-data sizes apply only while the synthetic data is selected (``data=...`` replaces it).
+    The synthetic-data sizes apply only while the synthetic data is selected (``data=...`` or an experiment
+    replaces it).
     """
-    base = LOOP_TINY if any(o.startswith("data=") for o in overrides) else TINY_OVERRIDES
+    base = LOOP_TINY if any(o.startswith(("data=", "experiment=")) for o in overrides) else TINY_OVERRIDES
     GlobalHydra.instance().clear()
     with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
         cfg = compose(config_name="train", overrides=[*base, *overrides], return_hydra_config=True)
