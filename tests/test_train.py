@@ -111,3 +111,13 @@ def test_cli_refuses_an_earlier_run_dir_before_touching_its_config(tmp_path: Pat
     assert "already holds results" in second.stderr
     assert {p.name: p.read_bytes() for p in (run_dir / ".hydra").iterdir()} == saved
     assert (run_dir / "checkpoints" / "last.ckpt").read_bytes() == checkpoint
+
+
+def test_224_input_trains_end_to_end(tiny_train_config, tmp_path: Path) -> None:
+    """backbone.input_size=224: the synthetic faces, the val pairs and the 14x14 maps follow it."""
+    run_dir = tmp_path / "run"
+    metrics = train(tiny_train_config("backbone.input_size=224", "trainer.max_steps=2", run_dir=run_dir))
+    assert 0.0 <= metrics["val/synthetic_occluded/qaconv_acc"] <= 1.0
+    checkpoint = torch.load(run_dir / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
+    assert checkpoint["oaml"]["backbone"]["input_size"] == 224
+    assert checkpoint["state_dict"]["matcher.fc.weight"].shape == (1, 14 * 14)

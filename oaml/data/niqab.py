@@ -68,7 +68,7 @@ class NiqabMaskDataset(Dataset):
         mask_suffix: str = "_mask",
         mask_ext: str = ".png",
         orphans: Literal["warn", "error"] = "warn",
-        feature_size: tuple[int, int] = (7, 7),
+        feature_size: tuple[int, int] | None = None,
         augment: bool = True,
         image_size: int = 112,
         crop_scale: tuple[float, float] = (0.85, 1.0),
@@ -86,8 +86,14 @@ class NiqabMaskDataset(Dataset):
                     f"mask dataset folder {folder} does not exist (check root and {what})"
                 )
         self.mask_suffix, self.mask_ext = mask_suffix, mask_ext
-        self.feature_size = (int(feature_size[0]), int(feature_size[1]))
         self.image_size = int(image_size)
+        if feature_size is None:  # the IResNet feature map: input / 16 (7x7 at 112, 14x14 at 224)
+            if self.image_size % 16:
+                raise ValueError(
+                    f"image_size {image_size} is not a multiple of 16; give feature_size explicitly"
+                )
+            feature_size = (self.image_size // 16, self.image_size // 16)
+        self.feature_size = (int(feature_size[0]), int(feature_size[1]))
         self.augment = augment
         self.crop_scale = (float(crop_scale[0]), float(crop_scale[1]))
 

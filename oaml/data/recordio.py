@@ -14,7 +14,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from oaml.data.decode import decode_image_rgb, to_chw_tensor
+from oaml.data.decode import decode_image_rgb, resize_rgb, to_chw_tensor
 from oaml.data.recordio_format import (
     ImageRecordHeader,
     RecordIOFile,
@@ -54,10 +54,13 @@ class RecordIODataset(Dataset):
         root: str | os.PathLike[str],
         transform: Any = None,
         name: str = "train",
+        image_size: int | None = None,
     ) -> None:
         rec_path, idx_path = _resolve_paths(root, name)
         self.record_file = RecordIOFile(rec_path, idx_path)
         self.transform = transform
+        # InsightFace recs hold 112x112 faces; a 224 backbone needs them resized (None: as stored).
+        self.image_size = image_size
         self.image_keys, self.labels = self._index_images()
         if self.labels.size == 0:
             raise ValueError(f"{rec_path} holds no image records")
@@ -170,7 +173,10 @@ class RecordIODataset(Dataset):
                 f"{source}: the image header says label {stored} but the "
                 f"{'identity records say' if self._labels_from_identities else 'label index says'} {label}"
             )
-        image = to_chw_tensor(decode_image_rgb(encoded, source))
+        image = decode_image_rgb(encoded, source)
+        if self.image_size is not None and image.shape[:2] != (self.image_size, self.image_size):
+            image = resize_rgb(image, (self.image_size, self.image_size))
+        image = to_chw_tensor(image)
         visibility = torch.ones((1, image.shape[1], image.shape[2]), dtype=torch.float32)
         if self.transform is not None:
             image, visibility = self.transform(image, visibility)

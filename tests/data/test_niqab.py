@@ -142,3 +142,15 @@ def test_synthetic_export_niqab_masks(tmp_path):
         assert np.allclose(mask[0].numpy(), area_downsample(visibility, (7, 7)), atol=1e-5)
         # a niqab leaves the eye band (template y ~52: feature row 3) visible and hides the mouth (row 5)
         assert mask[0, 3, 2:5].mean() > 0.5 and mask[0, 5:, :].mean() < 0.1
+
+
+@pytest.mark.parametrize("image_size,cells", [(112, 7), (224, 14)])
+def test_mask_grid_follows_the_backbone_input(tmp_path, image_size, cells):
+    # Left 32 of 112 pixels hidden: exactly the first two 16-pixel columns of the 7x7 grid (4 of the 14x14 grid).
+    _write_pair(tmp_path, "a", 32)
+    dataset = NiqabMaskDataset(tmp_path, split="all", augment=False, image_size=image_size)
+    image, mask, _ = dataset[0]
+    assert image.shape == (3, image_size, image_size) and mask.shape == (1, cells, cells)
+    hidden = cells * 2 // 7
+    assert torch.allclose(mask[0, :, :hidden], torch.zeros(cells, hidden), atol=1e-3)
+    assert torch.allclose(mask[0, :, hidden:], torch.ones(cells, cells - hidden), atol=1e-3)

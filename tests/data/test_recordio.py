@@ -336,3 +336,14 @@ def test_rec_packed_from_the_synthetic_export_matches_the_image_folder(exported,
         expected, expected_label, _ = folder[index]
         assert image.shape == (3, 112, 112) and label == expected_label
         assert torch.equal(image, expected) and bool((visibility == 1).all())
+
+
+def test_image_size_resizes_stored_faces_for_a_224_backbone(tmp_path):
+    buffer = io.BytesIO()
+    Image.fromarray(np.full((112, 112, 3), 90, dtype=np.uint8)).save(buffer, format="JPEG", quality=95)
+    write_recordio(tmp_path / "train", [(buffer.getvalue(), 0), (buffer.getvalue(), 1)], header_record=True)
+    as_stored = RecordIODataset(tmp_path)[0]
+    resized = RecordIODataset(tmp_path, image_size=224)[0]
+    assert as_stored[0].shape == (3, 112, 112) and as_stored[2].shape == (1, 112, 112)
+    assert resized[0].shape == (3, 224, 224) and resized[2].shape == (1, 224, 224)
+    assert abs(float(resized[0].float().mean()) - float(as_stored[0].float().mean())) < 1.0
