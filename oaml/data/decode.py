@@ -15,6 +15,8 @@ import numpy as np
 import torch
 from PIL import Image, UnidentifiedImageError
 
+from oaml.losses.occlusion import downsample_visibility
+
 __all__ = [
     "IMAGE_EXTENSIONS",
     "area_downsample",
@@ -86,22 +88,6 @@ def to_chw_tensor(image: np.ndarray) -> torch.Tensor:
     return torch.from_numpy(np.ascontiguousarray(image.transpose(2, 0, 1)))
 
 
-def _area_weights(source: int, target: int) -> np.ndarray:
-    """[target, source] matrix: weight of source cell j in target cell i, by overlap length, rows sum to 1.
-
-    Target cell i covers source interval [i * source / target, (i + 1) * source / target); each source pixel
-    covers [j, j + 1). The weight is the overlap divided by the target cell length, which is exact area
-    averaging even when `source` is not a multiple of `target` (adaptive average pooling is not: its bins
-    overlap whole pixels).
-    """
-    scale = source / target
-    starts = np.arange(target)[:, None] * scale
-    ends = starts + scale
-    pixel = np.arange(source)[None, :]
-    overlap = np.clip(np.minimum(ends, pixel + 1) - np.maximum(starts, pixel), 0.0, None)
-    return (overlap / scale).astype(np.float64)
-
-
 def area_downsample(mask: np.ndarray, size: tuple[int, int]) -> np.ndarray:
     """Exact area-average resampling of a 2-D float mask to `size` = (height, width).
 
@@ -114,6 +100,8 @@ def area_downsample(mask: np.ndarray, size: tuple[int, int]) -> np.ndarray:
     height, width = size
     if height <= 0 or width <= 0:
         raise ValueError(f"area_downsample size must be positive, got {size}")
-    rows = _area_weights(mask.shape[0], height)
-    cols = _area_weights(mask.shape[1], width)
-    return (rows @ mask.astype(np.float64) @ cols.T).astype(np.float32)
+    # One implementation of exact area averaging serves the data readers and the training targets.
+    grid = downsample_visibility(
+        torch.from_numpy(mask.astype(np.float64))[None, None], (int(height), int(width))
+    )
+    return grid[0, 0].numpy().astype(np.float32)
