@@ -50,10 +50,6 @@ def train(cfg: DictConfig) -> dict[str, float]:
         # metrics must describe the final weights.
         trainer.validate(model, datamodule=datamodule, verbose=False)
         metrics.update(logged_metrics(trainer))
-    # The final state, whatever the checkpoint callbacks decided (they save per epoch; a run can stop
-    # mid-epoch). With optimizer and loop state, so that ckpt_path= resumes from it.
-    trainer.save_checkpoint(run_dir / "checkpoints" / "last.ckpt", weights_only=False)
-
     metrics = dict(sorted(metrics.items()))
     if trainer.is_global_zero:
         write_metrics_json(metrics, run_dir / "metrics.json")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
 
 from oaml.train import train
@@ -28,22 +29,36 @@ def test_last_checkpoint_follows_training_when_best_does_not(tiny_train_config, 
     assert sorted(p.name for p in (run_dir / "checkpoints").iterdir()) == ["best.ckpt", "last.ckpt"]
 
 
-def test_resume_from_last_checkpoint_continues_the_step_count(tiny_train_config, tmp_path) -> None:
+@pytest.mark.parametrize(
+    ("first_steps", "resumed_overrides", "expected_steps"),
+    [
+        # Stopped mid-epoch by max_steps (3 batches an epoch), resumed to 2 epochs: the rest of epoch 0 is
+        # trained, then epoch 1 (a checkpoint saved after fit() returned skipped the rest of epoch 0).
+        (2, ["trainer.max_steps=-1", "trainer.max_epochs=2"], 6),
+        # Stopped exactly at an epoch end, resumed with max_steps set: no empty epoch (Lightning #19617, which
+        # an end-of-epoch checkpoint would hit).
+        (3, ["trainer.max_steps=100", "trainer.max_epochs=3"], 9),
+    ],
+)
+def test_resume_from_last_checkpoint_trains_exactly_the_remaining_steps(
+    tiny_train_config, tmp_path, first_steps, resumed_overrides, expected_steps
+) -> None:
     first = tmp_path / "first"
-    train(tiny_train_config("trainer.max_steps=2", run_dir=first))
+    train(tiny_train_config(f"trainer.max_steps={first_steps}", "print_metrics=false", run_dir=first))
     resumed = tmp_path / "resumed"
     train(
         tiny_train_config(
-            "trainer.max_steps=3",
-            "trainer.max_epochs=3",
+            *resumed_overrides,
+            "print_metrics=false",
             f"ckpt_path={first / 'checkpoints' / 'last.ckpt'}",
             run_dir=resumed,
         )
     )
     last = torch.load(resumed / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)
-    assert last["global_step"] == 3
+    assert last["global_step"] == expected_steps
+    assert last["epoch"] == expected_steps // 3 - 1  # the epoch its final step belongs to
     # The first run's checkpoint is untouched.
     assert (
         torch.load(first / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)["global_step"]
-        == 2
+        == first_steps
     )

@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import math
+from unittest.mock import patch
 
 import pytest
 import torch
+from hydra.utils import instantiate
+from lightning.pytorch import Callback
 from torch import nn
 from torch.optim.optimizer import register_optimizer_step_post_hook
 
@@ -87,11 +90,83 @@ def test_adamw_schedule_gets_the_run_length_from_the_trainer(tiny_train_config, 
 
 
 def test_bf16_mixed_precision_trains_and_validates(tiny_train_config, tmp_path) -> None:
-    # CPU autocast in bf16 through every branch and the scorer. (Lightning replaces 16-mixed by bf16-mixed on
-    # CPU, so fp16 with its gradient scaler can only be checked on a GPU.)
+    # CPU autocast in bf16 through every branch and the scorer.
     precision = "bf16-mixed"
     metrics = train(tiny_train_config(f"trainer.precision={precision}", run_dir=tmp_path / "run"))
     assert math.isfinite(metrics["train/loss"]) and 0.0 <= metrics["val/synthetic/qaconv_acc"] <= 1.0
+
+
+class _Fp16Probe(Callback):
+    """What the fp16 run really did: the dtype the backbone computed in, and the gradient scaler's scale."""
+
+    def __init__(self) -> None:
+        self.embedding_dtypes: set[torch.dtype] = set()
+        self.scales: list[float] = []
+
+    def on_fit_start(self, trainer, pl_module) -> None:
+        pl_module.backbone.output_layer.register_forward_hook(
+            lambda module, args, out: self.embedding_dtypes.add(out.dtype)
+        )
+
+    def on_before_optimizer_step(self, trainer, pl_module, optimizer) -> None:
+        self.scales.append(trainer.precision_plugin.scaler.get_scale())
+
+
+# Lightning swaps `precision=16-mixed` for bf16-mixed on CPU; its fp16 plugin, given explicitly, runs fp16
+# autocast with a gradient scaler on CPU too: the code path a GPU's 16-mixed takes (scale, unscale before
+# clipping, skip steps with inf gradients, scaler state in checkpoints).
+FP16_ON_CPU = [
+    "trainer.precision=null",
+    "+trainer.plugins=[{_target_: lightning.pytorch.plugins.MixedPrecision, precision: 16-mixed, device: cpu}]",
+]
+
+
+def test_fp16_mixed_precision_with_gradient_scaler_trains_clips_and_resumes(
+    tiny_train_config, tmp_path
+) -> None:
+    probe = _Fp16Probe()
+    cfg = tiny_train_config(
+        # Stop mid-epoch (3 batches an epoch): Lightning 2.6 resumes a max_steps run that stopped exactly at an
+        # epoch end with one empty epoch (Lightning issue #19617).
+        *FP16_ON_CPU,
+        "trainer.gradient_clip_val=1.0",
+        "trainer.max_steps=2",
+        run_dir=tmp_path / "run",
+    )
+    with patch("oaml.train.instantiate", _adding_callback(probe)):
+        metrics = train(cfg)
+    assert probe.embedding_dtypes == {torch.float16}
+    assert math.isfinite(metrics["train/loss"]) and 0.0 <= metrics["val/synthetic/qaconv_acc"] <= 1.0
+    # The scaler started at 2**16 and can only have halved (on an inf gradient) or stayed: a power of two.
+    assert probe.scales[0] == 2.0**16 and all(math.log2(s).is_integer() for s in probe.scales)
+    checkpoint = torch.load(tmp_path / "run" / "checkpoints" / "last.ckpt", weights_only=False)
+    saved_scale = checkpoint["MixedPrecision"]["scale"]
+    assert saved_scale == min(probe.scales[-1], saved_scale)  # halves once more at most, never grows here
+    # Master weights stay fp32 under autocast.
+    assert all(v.dtype == torch.float32 for k, v in checkpoint["state_dict"].items() if v.is_floating_point())
+
+    resumed_probe = _Fp16Probe()
+    resumed = tiny_train_config(
+        *FP16_ON_CPU,
+        "trainer.max_epochs=2",
+        "trainer.max_steps=4",
+        f"ckpt_path={tmp_path / 'run' / 'checkpoints' / 'last.ckpt'}",
+        run_dir=tmp_path / "resumed",
+    )
+    with patch("oaml.train.instantiate", _adding_callback(resumed_probe)):
+        train(resumed)
+    assert len(resumed_probe.scales) == 2 and resumed_probe.scales[0] == saved_scale
+
+
+def _adding_callback(callback: Callback):
+    """`instantiate` as train() uses it, with ``callback`` appended to the Trainer's callbacks."""
+
+    def instantiate_with(config, *args, **kwargs):
+        if kwargs.get("callbacks") is not None:
+            kwargs["callbacks"] = [*kwargs["callbacks"], callback]
+        return instantiate(config, *args, **kwargs)
+
+    return instantiate_with
 
 
 def test_gradient_clipping_by_config(tiny_train_config, tmp_path, steps) -> None:
