@@ -15,15 +15,17 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 from oaml.data.datamodule import OAMLDataModule
-from oaml.data.val_sets import build_val_sets
+from oaml.data.val_sets import build_mask_val_sets, build_val_sets
 from oaml.paths import CONF_DIR
 from oaml.training.build import model_from_checkpoint
 from oaml.training.checkpoint import load_checkpoint
+from oaml.training.launch_env import prepare_launch
 from oaml.training.report import print_metrics_table, write_metrics_json
 from oaml.training.run_dir import claim_run_dir
 
 
 def evaluate(cfg: DictConfig) -> dict[str, float]:
+    prepare_launch(cfg)  # before the Trainer and the run dir: which process is which rank
     run_dir = claim_run_dir(Path(HydraConfig.get().runtime.output_dir))
     pl.seed_everything(cfg.seed, workers=True)
     checkpoint = load_checkpoint(cfg.ckpt, trusted=cfg.trusted)
@@ -31,13 +33,19 @@ def evaluate(cfg: DictConfig) -> dict[str, float]:
         cfg.backbone.input_size = checkpoint["oaml"]["backbone"]["input_size"]
     datamodule = OAMLDataModule(
         val_sets=build_val_sets(cfg.val, seed=cfg.val.seed, image_size=cfg.backbone.input_size),
+        mask_val_sets=build_mask_val_sets(cfg.val),
         val_batch_size=cfg.data.val_batch_size,
         num_workers=cfg.data.num_workers,
         channel_order=cfg.data.channel_order or checkpoint["oaml"].get("channel_order", "rgb"),
         seed=cfg.seed,
     )
     model = model_from_checkpoint(
-        checkpoint, OmegaConf.to_container(cfg.val.fusion), datamodule.val_set_names, cfg.ckpt, cfg.trusted
+        checkpoint,
+        OmegaConf.to_container(cfg.val.fusion),
+        datamodule.val_set_names,
+        cfg.ckpt,
+        cfg.trusted,
+        mask_val_set_names=datamodule.mask_val_set_names,
     )
     trainer: pl.Trainer = instantiate(cfg.trainer, logger=False, callbacks=[], default_root_dir=str(run_dir))
     trainer.validate(model, datamodule=datamodule, verbose=False)

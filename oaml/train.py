@@ -15,26 +15,31 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf, open_dict
 
-from oaml.data.val_sets import build_val_sets, resolve_monitor
+from oaml.data.val_sets import build_mask_val_sets, build_val_sets, resolve_monitor
 from oaml.paths import CONF_DIR
 from oaml.training.build import build_model
+from oaml.training.launch_env import prepare_launch
 from oaml.training.report import print_metrics_table, write_metrics_json
 from oaml.training.run_dir import claim_run_dir
 
 
 def train(cfg: DictConfig) -> dict[str, float]:
     """Train as ``cfg`` says; return the final validation metrics (also written to ``metrics.json``)."""
+    prepare_launch(cfg)  # before the Trainer and the run dir: which process is which rank
     run_dir = claim_run_dir(Path(HydraConfig.get().runtime.output_dir))
     pl.seed_everything(cfg.seed, workers=True)
 
     val_sets = build_val_sets(cfg.val, seed=cfg.val.seed, image_size=cfg.backbone.input_size)
-    datamodule = instantiate(cfg.data, val_sets=val_sets)
+    datamodule = instantiate(cfg.data, val_sets=val_sets, mask_val_sets=build_mask_val_sets(cfg.val))
     with open_dict(cfg):  # callbacks read ${val.monitor}
-        cfg.val.monitor = resolve_monitor(cfg.val.get("monitor"), datamodule.val_set_names)
+        cfg.val.monitor = resolve_monitor(
+            cfg.val.get("monitor"), datamodule.val_set_names, datamodule.mask_val_set_names
+        )
     model = build_model(
         cfg,
         num_classes=datamodule.num_classes,
         val_set_names=datamodule.val_set_names,
+        mask_val_set_names=datamodule.mask_val_set_names,
         occlusion_supervised=datamodule.occlusion_supervised,
         main_visibility_known=datamodule.main_visibility_known,
     )

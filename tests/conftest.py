@@ -60,6 +60,19 @@ def compose_train_config(run_dir: Path, overrides: Sequence[str] = ()) -> DictCo
     return cfg
 
 
+def compose_evaluate_config(ckpt: Path, run_dir: Path, overrides: Sequence[str] = ()) -> DictConfig:
+    """The config `python -m oaml.evaluate ckpt=...` would run, with its output dir set to ``run_dir``."""
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        cfg = compose(
+            config_name="evaluate", overrides=[f"ckpt={ckpt}", *overrides], return_hydra_config=True
+        )
+    with open_dict(cfg):
+        cfg.hydra.runtime.output_dir = str(run_dir)
+    HydraConfig.instance().set_config(cfg)
+    return cfg
+
+
 @pytest.fixture
 def tiny_train_config(tmp_path: Path) -> Callable[..., DictConfig]:
     def make(*overrides: str, run_dir: Path | None = None) -> DictConfig:

@@ -8,11 +8,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from conftest import CONF_DIR, REPO
-from hydra import compose, initialize_config_dir
-from hydra.core.global_hydra import GlobalHydra
-from hydra.core.hydra_config import HydraConfig
-from omegaconf import open_dict
+from conftest import REPO, compose_evaluate_config
 
 from oaml.evaluate import evaluate
 from oaml.train import train
@@ -29,17 +25,7 @@ VAL_OVERRIDES = [
 
 
 def _evaluate_config(ckpt: Path, run_dir: Path, *overrides: str):
-    GlobalHydra.instance().clear()
-    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
-        cfg = compose(
-            config_name="evaluate",
-            overrides=[f"ckpt={ckpt}", *VAL_OVERRIDES, *overrides],
-            return_hydra_config=True,
-        )
-    with open_dict(cfg):
-        cfg.hydra.runtime.output_dir = str(run_dir)
-    HydraConfig.instance().set_config(cfg)
-    return cfg
+    return compose_evaluate_config(ckpt, run_dir, [*VAL_OVERRIDES, *overrides])
 
 
 @pytest.mark.parametrize(

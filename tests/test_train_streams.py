@@ -7,8 +7,10 @@ import json
 import lightning.pytorch as pl
 import pytest
 import torch
+from conftest import compose_evaluate_config
 
 from oaml.data.export_synthetic import export_synthetic
+from oaml.evaluate import evaluate
 from oaml.train import train
 
 
@@ -82,6 +84,25 @@ def test_two_streams_image_folder_with_niqab_masks(tiny_train_config, exported, 
     )
     assert metrics["train/loss_occlusion"] > 0.0
     assert metrics["train/loss"] == pytest.approx(total, rel=1e-5)
+    # The niqab set's held-out faces (2 of 24) scored the OcclusionHead on real masks, by the one scorer
+    # that oaml.evaluate reproduces from the checkpoint alone.
+    niqab = {k: v for k, v in metrics.items() if k.startswith("val/niqab/")}
+    assert set(niqab) >= {"val/niqab/occ_mse", "val/niqab/visibility_occluded"}
+    evaluated = evaluate(
+        compose_evaluate_config(
+            tmp_path / "run" / "checkpoints" / "last.ckpt",
+            tmp_path / "eval",
+            [
+                f"val.pairs={exported / 'pairs' / 'pairs.txt'}",
+                "masks=niqab",
+                f"data.masks.root={exported / 'niqab'}",
+            ]
+            + ["data.num_workers=0", "trainer.enable_progress_bar=false"],
+        )
+    )
+    assert {k: v for k, v in evaluated.items() if k.startswith("val/niqab/")} == pytest.approx(
+        niqab, abs=1e-6
+    )
 
 
 def test_a_mask_set_smaller_than_one_batch_is_an_error(tiny_train_config, exported, tmp_path) -> None:

@@ -7,7 +7,8 @@ Datasets arrive already constructed (Hydra instantiates them from ``data.train``
 - the occlusion stream (when a mask set is configured): mask-set faces mixed with clean main-stream faces
   (``MaskStream``), cycled alongside the main stream by Lightning's ``CombinedLoader`` (``max_size_cycle``);
   a training batch is then ``{"main": (images, labels, visibility), "masks": (images, visibility)}``;
-- validation: whole pairs per batch and per rank;
+- validation: whole pairs per batch and per rank for verification sets (``val.sets``), then single faces
+  for mask sets (``val.mask_sets``: held-out faces with true visibility masks, OcclusionHead quality only);
 - the uint8 -> float conversion on the device after transfer (cheaper to move uint8, and the one place
   where ``channel_order`` is applied).
 """
@@ -23,7 +24,7 @@ from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
 from oaml.data.mask_stream import MaskStream, provides_visibility
 from oaml.data.normalize import check_channel_order, normalize_faces
-from oaml.data.pair_sharding import IndexedPairs, PairShardSampler
+from oaml.data.pair_sharding import BlockShardSampler, IndexedFaces, IndexedPairs, PairShardSampler
 from oaml.data.sampler import IdentityBalancedBatchSampler
 
 
@@ -32,6 +33,7 @@ class OAMLDataModule(pl.LightningDataModule):
         self,
         train: Dataset | None = None,
         val_sets: Mapping[str, Dataset] | None = None,
+        mask_val_sets: Mapping[str, Dataset] | None = None,
         masks: Dataset | None = None,
         batch_size: int = 64,
         mask_batch_size: int = 16,
@@ -60,6 +62,10 @@ class OAMLDataModule(pl.LightningDataModule):
         self.mask_stream = MaskStream(masks, train, mask_clean_fraction, seed) if masks is not None else None
         self.mask_batch_size = mask_batch_size
         self.val_sets = {name: IndexedPairs(ds, name) for name, ds in (val_sets or {}).items()}
+        self.mask_val_sets = {name: IndexedFaces(ds, name) for name, ds in (mask_val_sets or {}).items()}
+        clash = sorted(set(self.val_sets) & set(self.mask_val_sets))
+        if clash:
+            raise ValueError(f"val.sets and val.mask_sets both name {clash}: rename one of them")
         self.batch_size = batch_size
         self.num_instances = num_instances
         self.epoch_size = epoch_size
@@ -92,7 +98,12 @@ class OAMLDataModule(pl.LightningDataModule):
 
     @property
     def val_set_names(self) -> list[str]:
-        return list(self.val_sets)
+        """Every validation set in loader order: verification sets, then mask sets."""
+        return [*self.val_sets, *self.mask_val_sets]
+
+    @property
+    def mask_val_set_names(self) -> list[str]:
+        return list(self.mask_val_sets)
 
     def _world(self) -> tuple[int, int]:
         trainer = self.trainer
@@ -118,6 +129,9 @@ class OAMLDataModule(pl.LightningDataModule):
             rank=rank,
             epoch_size=self.epoch_size,
         )
+        position = _resumed_position(self.trainer)
+        if position is not None:
+            sampler.resume_within_epoch(*position)
         main = self._loader(self.train_set, batch_sampler=sampler)
         if self.mask_stream is None:
             return main
@@ -140,7 +154,7 @@ class OAMLDataModule(pl.LightningDataModule):
 
     def val_dataloader(self) -> list[DataLoader]:
         world_size, rank = self._world()
-        return [
+        pairs = [
             self._loader(
                 ds,
                 batch_size=self.val_batch_size,
@@ -148,6 +162,15 @@ class OAMLDataModule(pl.LightningDataModule):
             )
             for ds in self.val_sets.values()
         ]
+        faces = [
+            self._loader(
+                ds,
+                batch_size=self.val_batch_size,
+                sampler=BlockShardSampler(len(ds), group_size=1, num_replicas=world_size, rank=rank),
+            )
+            for ds in self.mask_val_sets.values()
+        ]
+        return pairs + faces
 
     def on_after_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
         if isinstance(batch, Mapping):  # the two training streams
@@ -156,3 +179,18 @@ class OAMLDataModule(pl.LightningDataModule):
             }
         images, *rest = batch
         return [normalize_faces(images, self.channel_order), *rest]
+
+
+def _resumed_position(trainer: pl.Trainer | None) -> tuple[int, int] | None:
+    """(epoch, batches already trained in it) while fit restores a checkpoint taken inside an epoch.
+
+    Lightning restarts such an epoch with a fresh loader iterator and trains only the batches it has left;
+    the identity-balanced sampler must then skip the ones trained before the checkpoint, or it would repeat
+    them and never reach the epoch's last batches.
+    """
+    if trainer is None or not trainer.fit_loop.restarting:
+        return None
+    done = trainer.fit_loop.epoch_loop.batch_progress.current.processed
+    if done == 0:
+        return None
+    return trainer.fit_loop.epoch_progress.current.processed, done

@@ -50,7 +50,10 @@ def split_names(names: list[str], split: str, val_fraction: float, seed: int) ->
 class NiqabMaskDataset(Dataset):
     """Images with visibility masks; item (image uint8 [3, S, S] RGB, mask float32 [1, fh, fw] in [0, 1], index).
 
-    `index` is the item's position in this dataset (`names[index]` is its file stem). Images (and masks)
+    `index` is the item's position in this dataset (`names[index]` is its file stem). `split_seed` decides
+    which faces are held out (`split="val"`) and must stay the same across runs, whatever their training
+    seed: a seed sweep would otherwise train on faces that other runs validate on. `seed` drives the
+    augmentation only. Images (and masks)
     of another size are resized to `image_size`. With `augment`, a horizontal flip (probability 0.5) and a
     random crop of `crop_scale` of the side, resized back, move image and mask together; use
     `augment=False` for validation. Images without a mask and masks without an image are listed by name:
@@ -63,6 +66,7 @@ class NiqabMaskDataset(Dataset):
         split: Literal["train", "val", "all"] = "train",
         val_fraction: float = 0.1,
         seed: int = 0,
+        split_seed: int = 0,
         image_dir: str = "kept_faces",
         mask_dir: str = "masks",
         mask_suffix: str = "_mask",
@@ -107,7 +111,7 @@ class NiqabMaskDataset(Dataset):
             raise ValueError(
                 f"no image in {self.image_root} has a mask '{{name}}{mask_suffix}{mask_ext}' in {self.mask_root}"
             )
-        self.names = split_names(paired, split, val_fraction, seed)
+        self.names = split_names(paired, split, val_fraction, split_seed)
         if not self.names:
             raise ValueError(
                 f"split {split!r} of {len(paired)} mask pairs is empty (val_fraction={val_fraction})"

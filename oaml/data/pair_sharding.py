@@ -1,4 +1,4 @@
-"""Verification sets in loaders: whole pairs per batch, whole pairs per rank.
+"""Validation sets in loaders: whole pairs per batch, whole pairs per rank; single faces for mask sets.
 
 A verification set stores pair i as images 2i and 2i+1. Validation scores pairs inside each batch, on the
 rank that holds them, so that only per-pair scores cross process boundaries (the predecessor gathered
@@ -13,6 +13,24 @@ from collections.abc import Iterator
 import numpy as np
 import torch
 from torch.utils.data import Dataset, Sampler
+
+
+class IndexedFaces(Dataset):
+    """Wrap a mask set (items ``(image, visibility, ...)``) so that each face carries its own index: the
+    OcclusionHead's quality on held-out faces with true masks is scored per face, then gathered by index."""
+
+    def __init__(self, faces: Dataset, name: str) -> None:
+        if len(faces) == 0:
+            raise ValueError(f"mask validation set '{name}' is empty")
+        self.faces = faces
+        self.name = name
+
+    def __len__(self) -> int:
+        return len(self.faces)
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor, int]:
+        image, visibility = self.faces[index][:2]
+        return image, visibility, index
 
 
 class IndexedPairs(Dataset):
@@ -40,21 +58,32 @@ class IndexedPairs(Dataset):
         return image, visibility, pair, bool(self.issame[pair])
 
 
-class PairShardSampler(Sampler[int]):
-    """Image indices of a contiguous block of pairs for one rank, pairs kept whole, in order.
+class BlockShardSampler(Sampler[int]):
+    """Item indices of a contiguous block of groups for one rank: groups of ``group_size`` consecutive items
+    (2 for a verification pair, 1 for a single face) are kept whole, in order.
 
-    Ranks get blocks that differ by at most one pair; nothing is padded or repeated, so gathered scores
-    need no de-duplication beyond the pair index itself (which the gatherer still checks).
+    Ranks get blocks that differ by at most one group; nothing is padded or repeated, so gathered results
+    need no de-duplication beyond the item index itself (which the gatherer still checks).
     """
 
-    def __init__(self, num_pairs: int, num_replicas: int = 1, rank: int = 0) -> None:
+    def __init__(self, num_groups: int, group_size: int = 1, num_replicas: int = 1, rank: int = 0) -> None:
         if not 0 <= rank < num_replicas:
             raise ValueError(f"rank {rank} is outside 0..{num_replicas - 1}")
-        bounds = np.linspace(0, num_pairs, num_replicas + 1).round().astype(int)
-        self.first_pair, self.end_pair = int(bounds[rank]), int(bounds[rank + 1])
+        if group_size < 1:
+            raise ValueError(f"group_size must be >= 1, got {group_size}")
+        bounds = np.linspace(0, num_groups, num_replicas + 1).round().astype(int)
+        self.group_size = group_size
+        self.first_group, self.end_group = int(bounds[rank]), int(bounds[rank + 1])
 
     def __len__(self) -> int:
-        return 2 * (self.end_pair - self.first_pair)
+        return self.group_size * (self.end_group - self.first_group)
 
     def __iter__(self) -> Iterator[int]:
-        return iter(range(2 * self.first_pair, 2 * self.end_pair))
+        return iter(range(self.group_size * self.first_group, self.group_size * self.end_group))
+
+
+class PairShardSampler(BlockShardSampler):
+    """Image indices of a contiguous block of whole pairs (images 2i, 2i+1) for one rank."""
+
+    def __init__(self, num_pairs: int, num_replicas: int = 1, rank: int = 0) -> None:
+        super().__init__(num_pairs, group_size=2, num_replicas=num_replicas, rank=rank)

@@ -1,5 +1,6 @@
-"""Which verification sets a run validates on: the configured ``val.sets``, or one file given on the
-command line (``val.pairs=FILE`` or ``val.bin=FILE``) together with its occluded twin."""
+"""Which sets a run validates on: the verification sets (the configured ``val.sets``, or one file given on
+the command line, ``val.pairs=FILE`` or ``val.bin=FILE``, together with its occluded twin) and the mask sets
+(``val.mask_sets``: held-out faces with true visibility masks, which score the OcclusionHead only)."""
 
 from __future__ import annotations
 
@@ -29,20 +30,33 @@ def build_val_sets(val_cfg: Mapping[str, Any], seed: int = 0, image_size: int = 
     return {name: clean, f"{name}_occluded": OccludedPairs(clean, seed=seed)}
 
 
-def resolve_monitor(monitor: str | None, val_set_names: list[str]) -> str | None:
-    """The metric that picks best.ckpt: ``val.monitor``, or (null) the fused accuracy of the first set.
+def build_mask_val_sets(val_cfg: Mapping[str, Any]) -> dict[str, Dataset]:
+    """``val.mask_sets``, instantiated (e.g. the niqab set's held-out split when ``masks=niqab``)."""
+    return dict(instantiate(val_cfg.get("mask_sets")) or {})
+
+
+def resolve_monitor(
+    monitor: str | None, val_set_names: list[str], mask_val_set_names: list[str] = ()
+) -> str | None:
+    """The metric that picks best.ckpt: ``val.monitor``, or (null) the fused accuracy of the first
+    verification set (the hidden-region IoU of the first mask set when there is no verification set).
 
     Checked before training starts: a monitor that names no validation set would otherwise fail at the
     first validation, after an epoch of work and before any checkpoint is written.
     """
-    if not val_set_names:
+    pair_names = [name for name in val_set_names if name not in mask_val_set_names]
+    if pair_names:
+        default = f"val/{pair_names[0]}/fused_acc"
+    elif mask_val_set_names:
+        default = f"val/{mask_val_set_names[0]}/occ_iou"
+    else:
         return None
     if monitor is None:
-        return f"val/{val_set_names[0]}/fused_acc"
+        return default
     parts = monitor.split("/")
     if len(parts) != 3 or parts[0] != "val" or parts[1] not in val_set_names:
         raise ValueError(
-            f"val.monitor={monitor!r} names no validation set of this run ({val_set_names}); "
-            f"use e.g. val.monitor=val/{val_set_names[0]}/fused_acc, or val.monitor=null for that default"
+            f"val.monitor={monitor!r} names no validation set of this run ({list(val_set_names)}); "
+            f"use e.g. val.monitor={default}, or val.monitor=null for that default"
         )
     return monitor

@@ -42,6 +42,7 @@ def build_model(
     val_set_names: Sequence[str],
     occlusion_supervised: bool = True,
     main_visibility_known: bool = True,
+    mask_val_set_names: Sequence[str] = (),
 ) -> OAMLModule:
     """The training model. Without any visibility target (``occlusion_supervised`` False) the occlusion
     loss would only teach "all visible", so it is switched off, with a notice. ``main_visibility_known``
@@ -74,6 +75,7 @@ def build_model(
         main_visibility_known=main_visibility_known,
         fusion=OmegaConf.to_container(cfg.val.fusion),
         val_set_names=val_set_names,
+        mask_val_set_names=mask_val_set_names,
         checkpoint_info={
             "backbone": OmegaConf.to_container(cfg.backbone, resolve=True),
             "head": OmegaConf.to_container(cfg.head, resolve=True),
@@ -105,6 +107,7 @@ def model_from_checkpoint(
     val_set_names: Sequence[str],
     source: str | Path = "checkpoint",
     trusted: bool = False,
+    mask_val_set_names: Sequence[str] = (),
 ) -> OAMLModule:
     """Rebuild the trained model (weights loaded strictly) for validation only: no optimizer.
 
@@ -143,6 +146,7 @@ def model_from_checkpoint(
         loss_weights={},
         fusion=fusion,
         val_set_names=val_set_names,
+        mask_val_set_names=mask_val_set_names,
         checkpoint_info=info,
     )
     model.load_state_dict(checkpoint["state_dict"], strict=True)

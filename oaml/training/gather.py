@@ -41,5 +41,5 @@ def gather_by_index(index: Tensor, values: dict[str, Tensor]) -> tuple[Tensor, d
     order = torch.argsort(index)
     index = index[order]
     if index.numel() > 1 and bool((index[1:] == index[:-1]).any()):
-        raise RuntimeError("the same verification item was scored on two ranks; pair sharding is broken")
+        raise RuntimeError("the same validation item (pair or face) was scored twice; the sharding is broken")
     return index, {key: value[order] for key, value in values.items()}

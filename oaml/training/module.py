@@ -1,4 +1,4 @@
-"""The LightningModule: one backbone pass, three losses, pair-level validation.
+"""The LightningModule: one backbone pass, three losses, pair-level and mask-set validation.
 
 It owns no data logic and no metric formulas: batches come from ``oaml.data``, scores from
 ``oaml.evaluation.scoring``, numbers from ``oaml.evaluation.metrics``. What it adds is the wiring and the
@@ -66,6 +66,7 @@ class OAMLModule(pl.LightningModule):
         main_visibility_known: bool = True,
         fusion: Mapping[str, float] | None = None,
         val_set_names: Sequence[str] = (),
+        mask_val_set_names: Sequence[str] = (),
         checkpoint_info: Mapping[str, Any] | None = None,
     ) -> None:
         super().__init__()
@@ -86,6 +87,10 @@ class OAMLModule(pl.LightningModule):
         self.main_visibility_known = main_visibility_known
         self.fusion = dict(fusion or {"adaface": 0.5, "qaconv": 0.5})
         self.val_set_names = list(val_set_names)
+        unknown_masks = sorted(set(mask_val_set_names) - set(self.val_set_names))
+        if unknown_masks:
+            raise ValueError(f"mask validation sets {unknown_masks} are not among val_set_names")
+        self.mask_val_set_names = set(mask_val_set_names)
         self.checkpoint_info = dict(checkpoint_info or {})
         self._val_outputs: dict[int, dict[str, list[Tensor]]] = {}
         self.last_validated_step = -1
@@ -178,6 +183,9 @@ class OAMLModule(pl.LightningModule):
         self._val_outputs = defaultdict(lambda: defaultdict(list))
 
     def validation_step(self, batch: Sequence[Tensor], batch_idx: int, dataloader_idx: int = 0) -> None:
+        if self._is_mask_set(dataloader_idx):
+            self._mask_validation_step(batch, dataloader_idx)
+            return
         images, visibility, pair_index, issame = batch
         features = embed_faces(self.backbone, images)
         first, second = split_pairs(features)
@@ -194,14 +202,36 @@ class OAMLModule(pl.LightningModule):
         out["target_first"].append(target[0::2].flatten(1).float())
         out["target_second"].append(target[1::2].flatten(1).float())
 
+    def _is_mask_set(self, dataloader_idx: int) -> bool:
+        return (
+            dataloader_idx < len(self.val_set_names)
+            and self.val_set_names[dataloader_idx] in self.mask_val_set_names
+        )
+
+    def _mask_validation_step(self, batch: Sequence[Tensor], dataloader_idx: int) -> None:
+        """A mask set: faces with true visibility, no pairs; the OcclusionHead's view of each face."""
+        images, visibility, face_index = batch
+        predicted = embed_faces(self.backbone, images, flip=False).visibility
+        target = downsample_visibility(visibility, tuple(predicted.shape[-2:]))
+        out = self._val_outputs[dataloader_idx]
+        out["face_index"].append(face_index)
+        out["predicted"].append(predicted.flatten(1).float())
+        out["target"].append(target.flatten(1).float())
+
     def on_validation_epoch_end(self) -> None:
         for loader_idx, name in enumerate(self.val_set_names):
             outputs = self._val_outputs.get(loader_idx)
             if not outputs:
                 continue
             stacked = {key: torch.cat(values) for key, values in outputs.items()}
-            _, gathered = gather_by_index(stacked.pop("pair_index"), stacked)
-            metrics = self._set_metrics({k: v.detach().cpu().numpy() for k, v in gathered.items()}, name)
+            index_key = "face_index" if name in self.mask_val_set_names else "pair_index"
+            _, gathered = gather_by_index(stacked.pop(index_key), stacked)
+            arrays = {k: v.detach().cpu().numpy() for k, v in gathered.items()}
+            if name in self.mask_val_set_names:
+                occluded = (arrays["target"] < 1.0).any(axis=1)
+                metrics = visibility_report(arrays["predicted"], arrays["target"], occluded)
+            else:
+                metrics = self._set_metrics(arrays, name)
             for key, value in metrics.items():
                 # Every rank holds the same gathered value: sync_dist averages identical numbers (exact).
                 self.log(f"val/{name}/{key}", value, add_dataloader_idx=False, sync_dist=True)

@@ -18,9 +18,14 @@ from omegaconf import DictConfig
 RESULT_NAMES = ("metrics.json", "checkpoints", "tensorboard")
 
 
+RANK_VARIABLES = ("LOCAL_RANK", "NODE_RANK", "RANK", "SLURM_PROCID")
+
+
 def _is_ddp_child() -> bool:
-    """A process started by Lightning's DDP launcher for rank > 0: it shares the directory rank 0 claimed."""
-    return int(os.environ.get("LOCAL_RANK", "0")) > 0 or int(os.environ.get("NODE_RANK", "0")) > 0
+    """A process of rank > 0 (re-executed by Lightning's DDP launcher, exported by torchrun or submitit, or an
+    srun task): it shares the directory rank 0 claimed, so it must not check it for results at the moment
+    rank 0 starts writing them."""
+    return any(int(os.environ.get(name, "0") or "0") > 0 for name in RANK_VARIABLES)
 
 
 def _results_in(run_dir: Path) -> list[str]:

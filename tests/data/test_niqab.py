@@ -5,6 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from conftest import compose_train_config
+from hydra.utils import instantiate
 from PIL import Image
 
 from oaml.data.decode import area_downsample
@@ -85,7 +87,7 @@ def test_split_is_deterministic_disjoint_and_complete(tmp_path):
 
     for name in names[:4]:
         _write_pair(tmp_path, name, 10)
-    dataset = NiqabMaskDataset(tmp_path, split="val", val_fraction=0.25, seed=1, augment=False)
+    dataset = NiqabMaskDataset(tmp_path, split="val", val_fraction=0.25, split_seed=1, augment=False)
     assert dataset.names == split_names(names[:4], "val", 0.25, seed=1) and len(dataset) == 1
 
 
@@ -154,3 +156,20 @@ def test_mask_grid_follows_the_backbone_input(tmp_path, image_size, cells):
     hidden = cells * 2 // 7
     assert torch.allclose(mask[0, :, :hidden], torch.zeros(cells, hidden), atol=1e-3)
     assert torch.allclose(mask[0, :, hidden:], torch.ones(cells, cells - hidden), atol=1e-3)
+
+
+def test_the_held_out_split_does_not_follow_the_training_seed(tmp_path) -> None:
+    # The split has its own seed: two runs of a seed sweep hold out the same faces.
+    for i in range(20):
+        _write_pair(tmp_path, f"n{i:02d}", hidden_columns=20, size=32)
+    chosen = []
+    for seed in (1, 2):
+        cfg = compose_train_config(
+            tmp_path / f"run{seed}", [f"seed={seed}", "masks=niqab", f"data.masks.root={tmp_path}"]
+        )
+        train_split = instantiate(cfg.data.masks)
+        held_out = instantiate(cfg.val.mask_sets.niqab)
+        assert not set(train_split.names) & set(held_out.names)
+        assert len(held_out) == 2 and held_out.augment is False
+        chosen.append(held_out.names)
+    assert chosen[0] == chosen[1]

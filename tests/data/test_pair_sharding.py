@@ -5,7 +5,7 @@ import pytest
 import torch
 from torch.utils.data import Dataset
 
-from oaml.data.pair_sharding import IndexedPairs, PairShardSampler
+from oaml.data.pair_sharding import BlockShardSampler, IndexedFaces, IndexedPairs, PairShardSampler
 
 
 class _Pairs(Dataset):
@@ -48,3 +48,19 @@ def test_indexed_pairs_rejects_odd_sets() -> None:
     ds = _Pairs(4, num_images=7)
     with pytest.raises(ValueError, match="pair i must be images 2i and 2i\\+1"):
         IndexedPairs(ds, "broken")
+
+
+@pytest.mark.parametrize("num_items,world", [(15, 2), (7, 3), (1, 1), (3, 4)])
+def test_single_face_shards_cover_every_face_once_in_contiguous_blocks(num_items: int, world: int) -> None:
+    shards = [list(BlockShardSampler(num_items, 1, world, rank)) for rank in range(world)]
+    assert [i for shard in shards for i in shard] == list(range(num_items))
+    sizes = [len(s) for s in shards]
+    assert max(sizes) - min(sizes) <= 1
+
+
+def test_indexed_faces_carry_their_own_index() -> None:
+    ds = IndexedFaces(_Pairs(3), "masks")
+    image, visibility, index = ds[5]
+    assert int(image[0, 0, 0]) == 5 and index == 5 and visibility.shape == (1, 2, 2)
+    with pytest.raises(ValueError, match="'empty' is empty"):
+        IndexedFaces(_Pairs(0), "empty")

@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
+
+import lightning.pytorch as pl
 import pytest
 import torch
 
@@ -62,3 +66,43 @@ def test_resume_from_last_checkpoint_trains_exactly_the_remaining_steps(
         torch.load(first / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)["global_step"]
         == first_steps
     )
+
+
+class RecordBatchLabels(pl.Callback):
+    """Writes (epoch, batch index, labels) of every training batch to ``path`` (added through the config)."""
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+        self.batches: list[tuple[int, int, list[int]]] = []
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+        self.batches.append((trainer.current_epoch, batch_idx, batch[1].tolist()))
+
+    def on_train_end(self, trainer, pl_module) -> None:
+        Path(self.path).write_text(json.dumps(self.batches))
+
+
+def _recorded(path: Path) -> list[str]:
+    return ["+callbacks.labels._target_=test_checkpoints.RecordBatchLabels", f"+callbacks.labels.path={path}"]
+
+
+def test_each_epoch_draws_new_batches_and_a_resume_replays_none(tiny_train_config, tmp_path) -> None:
+    two_epochs = ["trainer.max_epochs=2", "trainer.max_steps=-1", "print_metrics=false"]
+    train(tiny_train_config(*two_epochs, *_recorded(tmp_path / "full.json"), run_dir=tmp_path / "full"))
+    full = json.loads((tmp_path / "full.json").read_text())
+    assert [(e, b) for e, b, _ in full] == [(0, 0), (0, 1), (0, 2), (1, 0), (1, 1), (1, 2)]
+    # A new epoch, a new draw (the batch sampler must receive Lightning's set_epoch).
+    assert [labels for _, _, labels in full[:3]] != [labels for _, _, labels in full[3:]]
+
+    # Interrupted after 2 steps, resumed to the same end: the same batches, in the same order, none repeated.
+    train(tiny_train_config("trainer.max_steps=2", *_recorded(tmp_path / "a.json"), run_dir=tmp_path / "a"))
+    train(
+        tiny_train_config(
+            *two_epochs,
+            f"ckpt_path={tmp_path / 'a' / 'checkpoints' / 'last.ckpt'}",
+            *_recorded(tmp_path / "b.json"),
+            run_dir=tmp_path / "b",
+        )
+    )
+    resumed = json.loads((tmp_path / "a.json").read_text()) + json.loads((tmp_path / "b.json").read_text())
+    assert resumed == full

@@ -144,11 +144,27 @@ def test_trainer_ddp_cpu_composes_to_two_cpu_processes(tmp_path: Path) -> None:
     assert trainer.strategy.root_device == torch.device("cpu")
 
 
-def test_validation_on_two_processes_matches_one_process(checkpoint: Path, tmp_path: Path) -> None:
+@pytest.fixture(scope="module")
+def niqab_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A synthetic niqab mask set of 30 faces (held out at val_fraction 0.5: 15, split 7 / 8 over 2 ranks)."""
+    from oaml.data.export_synthetic import export_synthetic
+
+    out = tmp_path_factory.mktemp("exported") / "data"
+    export_synthetic(
+        out, num_identities=3, images_per_identity=1, num_pairs=2, pair_identities=2, num_niqab=30
+    )
+    return out / "niqab"
+
+
+def test_validation_on_two_processes_matches_one_process(
+    checkpoint: Path, niqab_root: Path, tmp_path: Path
+) -> None:
     shards = [len(PairShardSampler(NUM_VAL_PAIRS, num_replicas=2, rank=r)) // 2 for r in range(2)]
     assert shards == [20, 21], "the test needs ranks holding different pair counts"
 
-    args = [f"ckpt={checkpoint}", *VAL_OVERRIDES, "print_metrics=false"]
+    # With the niqab set's held-out faces as a mask set: single faces sharded unevenly, gathered by index.
+    masks = ["masks=niqab", f"data.masks.root={niqab_root}", "data.masks.val_fraction=0.5"]
+    args = [f"ckpt={checkpoint}", *VAL_OVERRIDES, *masks, "print_metrics=false"]
     single = _run("oaml.evaluate", *args, f"hydra.run.dir={tmp_path / 'one'}")
     assert single.returncode == 0, single.stderr[-4000:]
     double = _run("oaml.evaluate", *args, "trainer=ddp_cpu", f"hydra.run.dir={tmp_path / 'two'}")
@@ -167,6 +183,8 @@ def test_validation_on_two_processes_matches_one_process(checkpoint: Path, tmp_p
             assert 0.0 <= one[f"val/{name}/{score}_eer"] <= 1.0
         assert 0.0 <= one[f"val/{name}/visibility_clean"] <= 1.0
     assert 0.0 <= one["val/synthetic_occluded/occ_iou"] <= 1.0
+    assert 0.0 <= one["val/niqab/occ_mse"] <= 1.0 and 0.0 <= one["val/niqab/visibility_occluded"] <= 1.0
+    assert not any(k.startswith("val/niqab/") and k.endswith("_acc") for k in one)  # no pairs, no accuracy
     # The two sets are scored separately (different images, so different numbers).
     assert any(one[f"val/synthetic/{s}_acc"] != one[f"val/synthetic_occluded/{s}_acc"] for s in SCORES)
 

@@ -51,5 +51,5 @@ def test_gather_over_gloo_matches_single_process(world: int) -> None:
 
 
 def test_duplicate_indices_are_an_error() -> None:
-    with pytest.raises(RuntimeError, match="pair sharding is broken"):
+    with pytest.raises(RuntimeError, match="sharding is broken"):
         gather_by_index(torch.tensor([0, 1, 1]), {"x": torch.zeros(3)})

@@ -1,0 +1,236 @@
+"""Summarise a Hydra sweep: one row per job, its swept overrides and metrics, best job first.
+
+    python -m oaml.sweep_summary multirun/occlusion/2026-11-29/10-00-00-123456
+    python -m oaml.sweep_summary DIR --metric val/synthetic_occluded/qaconv_acc --out occlusion.csv
+    python -m oaml.sweep_summary DIR --columns 'val/synthetic_occluded/*' --mode max --out occlusion.md
+
+Every job directory of a sweep holds ``.hydra/overrides.yaml`` (what the job was asked: the sweep's values and
+the command line's) and, once it finished, ``metrics.json``. Columns are the overrides whose values differ
+between jobs, the sort metric (by default the metric each job's ``best.ckpt`` monitored, in its direction),
+and the metrics matching ``--columns``. Jobs without ``metrics.json`` (failed, or still running) are listed
+last, never dropped. The table is printed as Markdown; ``--out`` also writes it as ``.csv`` or ``.md``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import io
+import json
+import math
+import re
+import sys
+from collections.abc import Sequence
+from dataclasses import dataclass
+from fnmatch import fnmatchcase
+from pathlib import Path
+
+import yaml
+from omegaconf import OmegaConf
+
+DEFAULT_COLUMNS = ("val/*_acc", "val/*/occ_iou")
+MISSING = "-"
+
+
+@dataclass(frozen=True)
+class JobResult:
+    """One job of a sweep: where it ran, what it was asked, and what it reported."""
+
+    name: str  # the job directory relative to the sweep directory, e.g. "3"
+    overrides: dict[str, str]
+    metrics: dict[str, float] | None  # None: no metrics.json (the job failed or is still running)
+    monitor: str | None  # the metric its best.ckpt monitored
+    mode: str  # "max" or "min": which direction is better for the monitor
+
+
+def parse_override(text: str) -> tuple[str, str]:
+    """``key=value`` (also ``+key=value``, ``++key=value``, ``group=option``) -> (key, value); ``~key`` -> (key, "~")."""
+    if text.startswith("~"):
+        return text[1:].split("=", 1)[0], "~"
+    key, sep, value = text.lstrip("+").partition("=")
+    if not sep:
+        raise ValueError(f"override {text!r} is not of the form key=value")
+    return key, value
+
+
+def _monitor_of(config_path: Path) -> tuple[str | None, str]:
+    """The metric (and direction) that picked the job's best.ckpt, read from its saved config: the checkpoint
+    callback's monitor, else ``val.monitor``, else (null) training's own default for the job's val sets."""
+    from oaml.data.val_sets import resolve_monitor
+
+    config = OmegaConf.load(config_path)
+    mode = str(OmegaConf.select(config, "callbacks.model_checkpoint.mode", default="max"))
+    monitor = OmegaConf.select(config, "callbacks.model_checkpoint.monitor", default=None)
+    if monitor is None:
+        monitor = OmegaConf.select(config, "val.monitor", default=None)
+    if monitor is None:
+        single = OmegaConf.select(config, "val.pairs", default=None) or OmegaConf.select(
+            config, "val.bin", default=None
+        )
+        if single:
+            pair_sets = [Path(single).stem, f"{Path(single).stem}_occluded"]
+        else:
+            pair_sets = list(OmegaConf.select(config, "val.sets", default=None) or {})
+        mask_sets = list(OmegaConf.select(config, "val.mask_sets", default=None) or {})
+        monitor = resolve_monitor(None, pair_sets + mask_sets, mask_sets)
+    return monitor, mode
+
+
+def _read_metrics(path: Path) -> dict[str, float] | None:
+    if not path.is_file():
+        return None
+    metrics = json.loads(path.read_text(encoding="utf-8"))
+    if not isinstance(metrics, dict):
+        raise ValueError(f"{path} holds no metrics mapping")
+    return {str(k): float(v) for k, v in metrics.items()}
+
+
+def _natural_key(name: str) -> list[object]:
+    return [int(part) if part.isdigit() else part for part in re.split(r"(\d+)", name)]
+
+
+def find_jobs(sweep_dir: Path) -> list[JobResult]:
+    """Every job under ``sweep_dir`` (each directory holding ``.hydra/overrides.yaml``), in job order."""
+    sweep_dir = Path(sweep_dir)
+    if not sweep_dir.is_dir():
+        raise FileNotFoundError(f"sweep directory {sweep_dir} does not exist")
+    jobs = []
+    for overrides_file in sweep_dir.rglob("overrides.yaml"):
+        job_dir = overrides_file.parent.parent
+        if overrides_file.parent.name != ".hydra" or ".submitit" in job_dir.parts:
+            continue
+        overrides = dict(parse_override(o) for o in yaml.safe_load(overrides_file.read_text()) or [])
+        config_file = overrides_file.parent / "config.yaml"
+        monitor, mode = _monitor_of(config_file) if config_file.is_file() else (None, "max")
+        name = job_dir.relative_to(sweep_dir).as_posix()
+        metrics = _read_metrics(job_dir / "metrics.json")
+        jobs.append(JobResult(name if name != "." else job_dir.name, overrides, metrics, monitor, mode))
+    if not jobs:
+        raise ValueError(
+            f"no job directories (with .hydra/overrides.yaml) under {sweep_dir}: pass the sweep's "
+            "hydra.sweep.dir, e.g. multirun/occlusion/<date>/<time>"
+        )
+    return sorted(jobs, key=lambda job: _natural_key(job.name))
+
+
+def swept_keys(jobs: Sequence[JobResult]) -> list[str]:
+    """Override keys whose value differs between jobs (or that some jobs lack), in command-line order."""
+    keys: list[str] = []
+    for job in jobs:
+        keys += [k for k in job.overrides if k not in keys]
+    return [k for k in keys if len({job.overrides.get(k, MISSING) for job in jobs}) > 1]
+
+
+def _sort_metric(jobs: Sequence[JobResult], metric: str | None, mode: str | None) -> tuple[str, str]:
+    if metric is None:
+        monitors = {(job.monitor, job.mode) for job in jobs if job.monitor is not None}
+        if len(monitors) != 1:
+            found = sorted(m for m, _ in monitors) or "none"
+            raise ValueError(f"the jobs monitor {found}: choose the sort metric with --metric KEY")
+        metric, monitored_mode = monitors.pop()
+        return metric, mode or monitored_mode
+    return metric, mode or "max"
+
+
+def summarize(
+    jobs: Sequence[JobResult],
+    metric: str | None = None,
+    mode: str | None = None,
+    columns: Sequence[str] = DEFAULT_COLUMNS,
+) -> tuple[list[str], list[list[object]], str, str]:
+    """The table: header, rows sorted by ``metric`` (best first; jobs without it last), the metric, its mode.
+
+    Cells are override strings, floats, or ``None`` where a job has no value.
+    """
+    if mode not in (None, "max", "min"):
+        raise ValueError(f"mode={mode!r} must be 'max' or 'min'")
+    metric, mode = _sort_metric(jobs, metric, mode)
+    finished = [job for job in jobs if job.metrics is not None]
+    if finished and not any(metric in job.metrics for job in finished):
+        known = sorted({k for job in finished for k in job.metrics})
+        raise ValueError(f"no job reported the metric {metric!r}; the metrics are {known}")
+    extra: list[str] = []
+    for job in finished:
+        for key in job.metrics:
+            if key != metric and key not in extra and any(fnmatchcase(key, p) for p in columns):
+                extra.append(key)
+    extra.sort()
+    keys = swept_keys(jobs)
+
+    def rank(job: JobResult) -> tuple[int, float]:
+        value = (job.metrics or {}).get(metric)
+        if value is None or math.isnan(value):
+            return (1, 0.0)
+        return (0, -value if mode == "max" else value)
+
+    rows = []
+    for job in sorted(jobs, key=rank):  # stable: ties keep the job order
+        values = job.metrics or {}
+        cells: list[object] = [job.name, *(job.overrides.get(k, MISSING) for k in keys)]
+        cells += [values.get(metric), *(values.get(k) for k in extra)]
+        rows.append(cells)
+    return ["job", *keys, metric, *extra], rows, metric, mode
+
+
+def _cell(value: object, digits: int | None) -> str:
+    if value is None:
+        return MISSING
+    if isinstance(value, float):
+        return f"{value:.{digits}f}" if digits is not None else repr(value)
+    return str(value)
+
+
+def to_markdown(header: Sequence[str], rows: Sequence[Sequence[object]], digits: int = 4) -> str:
+    """A Markdown table; columns that hold only numbers are right-aligned."""
+    numeric = [all(row[i] is None or isinstance(row[i], float) for row in rows) for i in range(len(header))]
+    lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---:" if n else "---" for n in numeric) + "|"]
+    for row in rows:
+        lines.append("| " + " | ".join(_cell(v, digits) for v in row) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def to_csv(header: Sequence[str], rows: Sequence[Sequence[object]]) -> str:
+    buffer = io.StringIO()
+    writer = csv.writer(buffer, lineterminator="\n")
+    writer.writerow(header)
+    for row in rows:
+        writer.writerow(["" if v is None else _cell(v, None) for v in row])
+    return buffer.getvalue()
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m oaml.sweep_summary", description=__doc__.split("\n")[0])
+    parser.add_argument("sweep_dir", type=Path, help="the sweep's directory (hydra.sweep.dir)")
+    parser.add_argument("--metric", help="sort by this metric (default: the metric the jobs monitored)")
+    parser.add_argument("--mode", choices=("max", "min"), help="best is highest (max) or lowest (min)")
+    parser.add_argument(
+        "--columns",
+        nargs="*",
+        default=list(DEFAULT_COLUMNS),
+        help="more metric columns, as glob patterns (default: %(default)s)",
+    )
+    parser.add_argument("--out", type=Path, help="also write the table to this .csv or .md file")
+    args = parser.parse_args(argv)
+    if args.out is not None and args.out.suffix not in (".csv", ".md"):
+        parser.error(f"--out {args.out}: the file name must end in .csv or .md")
+
+    jobs = find_jobs(args.sweep_dir)
+    header, rows, metric, mode = summarize(jobs, args.metric, args.mode, args.columns)
+    table = to_markdown(header, rows)
+    direction = "highest" if mode == "max" else "lowest"
+    print(f"{len(jobs)} jobs in {args.sweep_dir}, sorted by {metric} ({direction} first)\n")
+    print(table, end="")
+    common = {k: v for k, v in jobs[0].overrides.items() if k not in header}
+    if common:
+        print("\nCommon to all jobs: " + " ".join(f"{k}={v}" for k, v in common.items()))
+    unfinished = [job.name for job in jobs if job.metrics is None]
+    if unfinished:
+        print(f"\nNo metrics.json (failed or still running): {', '.join(unfinished)}")
+    if args.out is not None:
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(to_csv(header, rows) if args.out.suffix == ".csv" else table, encoding="utf-8")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
