@@ -92,7 +92,8 @@ class VisibilityImageLogger(pl.Callback):
     Args:
         num_images: faces (grid columns) to show.
         every_n_validations: log at the 1st, (n+1)th, (2n+1)th ... validation (sanity checks not counted).
-        dataloader_idx: which validation set; None takes the last one (the occluded set in the defaults).
+        dataloader_idx: which validation set; None takes the last one (the occluded set in the defaults,
+            the niqab set's held-out faces with masks=niqab: real masks).
         alpha: tint strength of a fully hidden pixel, in [0, 1].
     """
 
