@@ -19,6 +19,7 @@ from collections.abc import Mapping
 from typing import Any
 
 import lightning.pytorch as pl
+import torch
 from lightning.pytorch.utilities import CombinedLoader
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
@@ -113,7 +114,8 @@ class OAMLDataModule(pl.LightningDataModule):
         return DataLoader(
             dataset,
             num_workers=self.num_workers,
-            pin_memory=self.pin_memory,
+            # Page-locked memory only speeds up copies to a GPU; without one, torch warns at every loader.
+            pin_memory=self.pin_memory and torch.cuda.is_available(),
             persistent_workers=self.num_workers > 0,
             **kwargs,
         )
