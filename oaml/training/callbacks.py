@@ -3,8 +3,9 @@
 ``VisibilityImageLogger`` puts the OcclusionHead's predicted visibility next to the true visibility, as
 images in TensorBoard. A visibility IoU (``val/<set>/occ_iou``) says *how much* of the hidden area the head
 finds; it does not say *where* it fails: whether it misses scarves but finds sunglasses, paints the whole
-lower face as hidden, or marks the background. One small grid per validation answers that at a glance, for
-the cost of two backbone passes over a handful of faces.
+lower face as hidden, or marks the background. One small grid per validation answers that at a glance; the
+predictions are the ones validation already made (``validation_step`` returns them), so it costs no extra
+backbone pass.
 """
 
 from __future__ import annotations
@@ -21,7 +22,6 @@ from torch import Tensor
 from torchvision.utils import make_grid
 
 from oaml.data.normalize import check_channel_order
-from oaml.evaluation.scoring import embed_faces
 
 HIDDEN_COLOR = (1.0, 0.0, 0.0)  # red: the colour hidden regions are tinted with
 GRID_PADDING = 2  # pixels between tiles (torchvision's make_grid default)
@@ -84,10 +84,10 @@ class VisibilityImageLogger(pl.Callback):
     """Log a face / predicted-visibility / true-visibility grid to TensorBoard at each validation.
 
     The faces are the first ``num_images`` of the chosen validation set (the same faces every time, so
-    successive grids show the head learning). They are kept on CPU while validation runs; at the end of the
-    validation the backbone embeds them (with the mirrored view fused in, exactly as validation scores
-    them) and the grid goes to ``val/<set name>/visibility`` at the current global step. Only global rank
-    zero logs; without a TensorBoard logger the callback does nothing.
+    successive grids show the head learning), with the visibility validation predicted for them (the
+    ``visibility`` that ``validation_step`` returns: the image's own view, as validation scores it). They
+    are kept on CPU while validation runs; at its end the grid goes to ``val/<set name>/visibility`` at the
+    current global step. Only global rank zero logs; without a TensorBoard logger the callback does nothing.
 
     Args:
         num_images: faces (grid columns) to show.
@@ -123,10 +123,11 @@ class VisibilityImageLogger(pl.Callback):
         self._channel_order = "rgb"
         self._images: list[Tensor] = []
         self._targets: list[Tensor] = []
+        self._predicted: list[Tensor] = []
 
     # ----------------------------------------------------------------------------------------- hooks
     def on_validation_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        self._images, self._targets = [], []
+        self._images, self._targets, self._predicted = [], [], []
         self._active = False
         if trainer.sanity_checking or not trainer.is_global_zero:
             return
@@ -153,18 +154,24 @@ class VisibilityImageLogger(pl.Callback):
         missing = self.num_images - sum(len(images) for images in self._images)
         if missing <= 0:
             return
+        if not isinstance(outputs, dict) or "visibility" not in outputs:
+            raise TypeError(
+                "VisibilityImageLogger needs validation_step to return {'visibility': predicted maps [B,1,h,w]}, "
+                f"as oaml.training.module.OAMLModule does; {type(pl_module).__name__} returned {type(outputs).__name__}"
+            )
         images, visibility = batch[0], batch[1]
         self._images.append(images[:missing].detach().cpu())
         self._targets.append(visibility[:missing].detach().cpu())
+        self._predicted.append(outputs["visibility"][:missing].detach().float().cpu())
 
     def on_validation_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if not self._active or not self._images:
             return
         images, targets = torch.cat(self._images), torch.cat(self._targets)
-        self._images, self._targets = [], []
+        predicted = torch.cat(self._predicted)
+        self._images, self._targets, self._predicted = [], [], []
         self._active = False
 
-        predicted = self._predict_visibility(trainer, pl_module, images)
         if not torch.isfinite(predicted).all():
             rank_zero_warn(
                 f"VisibilityImageLogger: the predicted visibility has non-finite values at step "
@@ -194,19 +201,6 @@ class VisibilityImageLogger(pl.Callback):
     def _set_name(self, pl_module: pl.LightningModule) -> str:
         names = getattr(pl_module, "val_set_names", None) or []
         return names[self._loader_idx] if self._loader_idx < len(names) else f"dataloader_{self._loader_idx}"
-
-    @staticmethod
-    def _predict_visibility(trainer: pl.Trainer, pl_module: pl.LightningModule, images: Tensor) -> Tensor:
-        backbone = pl_module.backbone
-        was_training = backbone.training
-        backbone.eval()
-        try:
-            with torch.no_grad(), trainer.precision_plugin.val_step_context():
-                inputs = trainer.precision_plugin.convert_input(images.to(pl_module.device))
-                visibility = embed_faces(backbone, inputs, flip=False).visibility
-        finally:
-            backbone.train(was_training)
-        return visibility.float().cpu()
 
 
 def _tensorboard_loggers(trainer: pl.Trainer) -> list[TensorBoardLogger]:

@@ -182,10 +182,13 @@ class OAMLModule(pl.LightningModule):
     def on_validation_epoch_start(self) -> None:
         self._val_outputs = defaultdict(lambda: defaultdict(list))
 
-    def validation_step(self, batch: Sequence[Tensor], batch_idx: int, dataloader_idx: int = 0) -> None:
+    def validation_step(
+        self, batch: Sequence[Tensor], batch_idx: int, dataloader_idx: int = 0
+    ) -> dict[str, Tensor]:
+        """Score the batch; return the predicted visibility of its images (callbacks show it, see
+        ``VisibilityImageLogger``, without running the backbone again)."""
         if self._is_mask_set(dataloader_idx):
-            self._mask_validation_step(batch, dataloader_idx)
-            return
+            return self._mask_validation_step(batch, dataloader_idx)
         images, visibility, pair_index, issame = batch
         features = embed_faces(self.backbone, images)
         first, second = split_pairs(features)
@@ -201,6 +204,7 @@ class OAMLModule(pl.LightningModule):
         out["predicted_second"].append(features.visibility[1::2].flatten(1).float())
         out["target_first"].append(target[0::2].flatten(1).float())
         out["target_second"].append(target[1::2].flatten(1).float())
+        return {"visibility": features.visibility}
 
     def _is_mask_set(self, dataloader_idx: int) -> bool:
         return (
@@ -208,7 +212,7 @@ class OAMLModule(pl.LightningModule):
             and self.val_set_names[dataloader_idx] in self.mask_val_set_names
         )
 
-    def _mask_validation_step(self, batch: Sequence[Tensor], dataloader_idx: int) -> None:
+    def _mask_validation_step(self, batch: Sequence[Tensor], dataloader_idx: int) -> dict[str, Tensor]:
         """A mask set: faces with true visibility, no pairs; the OcclusionHead's view of each face."""
         images, visibility, face_index = batch
         predicted = embed_faces(self.backbone, images, flip=False).visibility
@@ -217,6 +221,7 @@ class OAMLModule(pl.LightningModule):
         out["face_index"].append(face_index)
         out["predicted"].append(predicted.flatten(1).float())
         out["target"].append(target.flatten(1).float())
+        return {"visibility": predicted}
 
     def on_validation_epoch_end(self) -> None:
         for loader_idx, name in enumerate(self.val_set_names):
