@@ -46,6 +46,7 @@ def evaluate(cfg: DictConfig) -> dict[str, float]:
         cfg.ckpt,
         cfg.trusted,
         mask_val_set_names=datamodule.mask_val_set_names,
+        weighting=cfg.weighting,
     )
     trainer: pl.Trainer = instantiate(cfg.trainer, logger=False, callbacks=[], default_root_dir=str(run_dir))
     trainer.validate(model, datamodule=datamodule, verbose=False)

@@ -72,3 +72,22 @@ def test_evaluate_cli_prints_table(tiny_train_config, tmp_path: Path) -> None:
     assert result.returncode == 0, result.stderr[-3000:]
     assert "Evaluation of" in result.stdout and "synthetic_occluded" in result.stdout
     assert (tmp_path / "ev" / "metrics.json").is_file()
+
+
+def test_weighting_override_changes_only_the_visibility_aware_qaconv_score(
+    tiny_train_config, tmp_path
+) -> None:
+    train(tiny_train_config("occlusion.weighting=none", "print_metrics=false", run_dir=tmp_path / "train"))
+    ckpt = tmp_path / "train" / "checkpoints" / "last.ckpt"
+    as_trained = evaluate(_evaluate_config(ckpt, tmp_path / "as_trained", "print_metrics=false"))
+    weighted = evaluate(
+        _evaluate_config(ckpt, tmp_path / "product", "print_metrics=false", "weighting=product")
+    )
+    for name in ("synthetic", "synthetic_occluded"):
+        # Trained with none, the qaconv score ignored visibility; with product it uses the predicted maps.
+        assert as_trained[f"val/{name}/qaconv_threshold"] == as_trained[f"val/{name}/qaconv_novis_threshold"]
+        assert weighted[f"val/{name}/qaconv_threshold"] != weighted[f"val/{name}/qaconv_novis_threshold"]
+        for score in ("adaface", "qaconv_novis"):
+            assert weighted[f"val/{name}/{score}_threshold"] == as_trained[f"val/{name}/{score}_threshold"]
+    with pytest.raises(ValueError, match="weighting='products' is not a QAConv weighting"):
+        evaluate(_evaluate_config(ckpt, tmp_path / "bad", "weighting=products"))

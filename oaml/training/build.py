@@ -19,6 +19,7 @@ from torch import nn
 
 from oaml.losses import OcclusionLoss, PairwiseMatchingLoss
 from oaml.models import AdaFace, load_adaface_state
+from oaml.models.qaconv import WEIGHTINGS
 from oaml.training.checkpoint import build_part
 from oaml.training.module import LOSS_NAMES, OAMLModule
 
@@ -108,10 +109,15 @@ def model_from_checkpoint(
     source: str | Path = "checkpoint",
     trusted: bool = False,
     mask_val_set_names: Sequence[str] = (),
+    weighting: str | None = None,
 ) -> OAMLModule:
     """Rebuild the trained model (weights loaded strictly) for validation only: no optimizer.
 
     Parts are built with ``oaml.training.checkpoint.build_part`` (allow-listed classes unless ``trusted``).
+    ``weighting`` replaces QAConv's occlusion weighting for scoring (None: the mode it was trained with): a
+    model trained with ``none`` can be scored with the predicted visibility, to measure what visibility adds
+    at test time alone. The modes share their parameters; QAConv's BatchNorm statistics stay those of the
+    trained mode.
     """
     info = checkpoint.get("oaml")
     if not info or "num_classes" not in info:
@@ -137,6 +143,13 @@ def model_from_checkpoint(
         height=height,
         width=width,
     )
+    if weighting is not None:
+        if weighting not in WEIGHTINGS:
+            raise ValueError(
+                f"weighting={weighting!r} is not a QAConv weighting; use one of {', '.join(WEIGHTINGS)} "
+                "(or weighting=null for the mode the checkpoint was trained with)"
+            )
+        matcher.weighting = weighting
     model = OAMLModule(
         backbone=backbone,
         margin_head=head,
