@@ -156,6 +156,15 @@ class OAMLDataModule(pl.LightningDataModule):
 
     def val_dataloader(self) -> list[DataLoader]:
         world_size, rank = self._world()
+        sizes = {name: (len(ds.issame), "pairs") for name, ds in self.val_sets.items()}
+        sizes.update({name: (len(ds), "faces") for name, ds in self.mask_val_sets.items()})
+        for name, (count, unit) in sizes.items():
+            if count < world_size:
+                # A process with nothing to score would skip the collective gather the others wait in.
+                raise ValueError(
+                    f"validation set '{name}' has {count} {unit}, fewer than the {world_size} processes: each "
+                    "process scores its own share; use a larger set (e.g. data.masks.val_fraction) or fewer devices"
+                )
         pairs = [
             self._loader(
                 ds,

@@ -64,3 +64,15 @@ def test_indexed_faces_carry_their_own_index() -> None:
     assert int(image[0, 0, 0]) == 5 and index == 5 and visibility.shape == (1, 2, 2)
     with pytest.raises(ValueError, match="'empty' is empty"):
         IndexedFaces(_Pairs(0), "empty")
+
+
+def test_a_val_set_smaller_than_the_world_is_refused_before_validation() -> None:
+    from types import SimpleNamespace
+
+    from oaml.data.datamodule import OAMLDataModule
+
+    datamodule = OAMLDataModule(mask_val_sets={"niqab": _Pairs(0, num_images=1)}, num_workers=0)
+    assert len(datamodule.val_dataloader()) == 1  # one process: fine
+    datamodule.trainer = SimpleNamespace(world_size=2, global_rank=0)  # the two attributes it reads
+    with pytest.raises(ValueError, match="'niqab' has 1 faces, fewer than the 2 processes"):
+        datamodule.val_dataloader()
