@@ -106,3 +106,29 @@ def test_each_epoch_draws_new_batches_and_a_resume_replays_none(tiny_train_confi
     )
     resumed = json.loads((tmp_path / "a.json").read_text()) + json.loads((tmp_path / "b.json").read_text())
     assert resumed == full
+
+
+def test_last_checkpoint_is_due_after_every_nth_epoch_and_at_the_final_step() -> None:
+    from types import SimpleNamespace
+
+    from oaml.training.last_checkpoint import LastCheckpoint
+
+    callback = LastCheckpoint("unused", every_n_epochs=2)
+
+    def due(epoch: int, batch_idx: int, step: int, max_epochs: int = 3, max_steps: int = -1) -> bool:
+        trainer = SimpleNamespace(  # the four counters the rule reads
+            max_steps=max_steps,
+            global_step=step,
+            num_training_batches=4,
+            current_epoch=epoch,
+            max_epochs=max_epochs,
+        )
+        return callback._due(trainer, batch_idx)
+
+    # 3 epochs of 4 batches: after epoch 2 (every 2nd) and after the last batch of the last epoch only.
+    saved = [(e, b) for e in range(3) for b in range(4) if due(e, b, step=4 * e + b + 1)]
+    assert saved == [(1, 3), (2, 3)]
+    # A max_steps stop in mid-epoch is the final step.
+    assert due(0, 1, step=2, max_steps=2) and not due(0, 1, step=2, max_steps=3)
+    with pytest.raises(ValueError, match="every_n_epochs"):
+        LastCheckpoint("unused", every_n_epochs=0)
