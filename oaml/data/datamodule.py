@@ -25,7 +25,7 @@ from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
 from oaml.data.mask_stream import MaskStream, provides_visibility
 from oaml.data.normalize import check_channel_order, normalize_faces
-from oaml.data.pair_sharding import BlockShardSampler, IndexedFaces, IndexedPairs, PairShardSampler
+from oaml.data.pair_sharding import BlockShardSampler, IndexedFaces, IndexedPairs
 from oaml.data.sampler import IdentityBalancedBatchSampler
 
 
@@ -156,32 +156,20 @@ class OAMLDataModule(pl.LightningDataModule):
 
     def val_dataloader(self) -> list[DataLoader]:
         world_size, rank = self._world()
-        sizes = {name: (len(ds.issame), "pairs") for name, ds in self.val_sets.items()}
-        sizes.update({name: (len(ds), "faces") for name, ds in self.mask_val_sets.items()})
-        for name, (count, unit) in sizes.items():
-            if count < world_size:
+        # Per set: (name, dataset, groups a rank never splits, images per group, what a group is).
+        shards = [(name, ds, len(ds.issame), 2, "pairs") for name, ds in self.val_sets.items()]
+        shards += [(name, ds, len(ds), 1, "faces") for name, ds in self.mask_val_sets.items()]
+        loaders = []
+        for name, dataset, groups, group_size, unit in shards:
+            if groups < world_size:
                 # A process with nothing to score would skip the collective gather the others wait in.
                 raise ValueError(
-                    f"validation set '{name}' has {count} {unit}, fewer than the {world_size} processes: each "
+                    f"validation set '{name}' has {groups} {unit}, fewer than the {world_size} processes: each "
                     "process scores its own share; use a larger set (e.g. data.masks.val_fraction) or fewer devices"
                 )
-        pairs = [
-            self._loader(
-                ds,
-                batch_size=self.val_batch_size,
-                sampler=PairShardSampler(len(ds.issame), num_replicas=world_size, rank=rank),
-            )
-            for ds in self.val_sets.values()
-        ]
-        faces = [
-            self._loader(
-                ds,
-                batch_size=self.val_batch_size,
-                sampler=BlockShardSampler(len(ds), group_size=1, num_replicas=world_size, rank=rank),
-            )
-            for ds in self.mask_val_sets.values()
-        ]
-        return pairs + faces
+            sampler = BlockShardSampler(groups, group_size, num_replicas=world_size, rank=rank)
+            loaders.append(self._loader(dataset, batch_size=self.val_batch_size, sampler=sampler))
+        return loaders
 
     def on_after_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
         if isinstance(batch, Mapping):  # the two training streams
