@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
-import lightning.pytorch as pl
 import pytest
 import torch
+from batch_records import read_labels
 
 from oaml.train import train
 
@@ -68,44 +67,37 @@ def test_resume_from_last_checkpoint_trains_exactly_the_remaining_steps(
     )
 
 
-class RecordBatchLabels(pl.Callback):
-    """Writes (epoch, batch index, labels) of every training batch to ``path`` (added through the config)."""
-
-    def __init__(self, path: str) -> None:
-        self.path = path
-        self.batches: list[tuple[int, int, list[int]]] = []
-
-    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
-        self.batches.append((trainer.current_epoch, batch_idx, batch[1].tolist()))
-
-    def on_train_end(self, trainer, pl_module) -> None:
-        Path(self.path).write_text(json.dumps(self.batches))
-
-
-def _recorded(path: Path) -> list[str]:
-    return ["+callbacks.labels._target_=test_checkpoints.RecordBatchLabels", f"+callbacks.labels.path={path}"]
+def _recorded(out_dir: Path) -> list[str]:
+    return [
+        "+callbacks.labels._target_=batch_records.RecordTrainLabels",
+        f"+callbacks.labels.out_dir={out_dir}",
+    ]
 
 
 def test_each_epoch_draws_new_batches_and_a_resume_replays_none(tiny_train_config, tmp_path) -> None:
     two_epochs = ["trainer.max_epochs=2", "trainer.max_steps=-1", "print_metrics=false"]
-    train(tiny_train_config(*two_epochs, *_recorded(tmp_path / "full.json"), run_dir=tmp_path / "full"))
-    full = json.loads((tmp_path / "full.json").read_text())
-    assert [(e, b) for e, b, _ in full] == [(0, 0), (0, 1), (0, 2), (1, 0), (1, 1), (1, 2)]
+    train(tiny_train_config(*two_epochs, *_recorded(tmp_path / "full_labels"), run_dir=tmp_path / "full"))
+    full = read_labels(tmp_path / "full_labels")
+    positions = [tuple(full["position_by_step"][step]) for step in range(6)]
+    assert positions == [(0, 0), (0, 1), (0, 2), (1, 0), (1, 1), (1, 2)]
+    labels = [full["labels_by_step"][step] for step in range(6)]
     # A new epoch, a new draw (the batch sampler must receive Lightning's set_epoch).
-    assert [labels for _, _, labels in full[:3]] != [labels for _, _, labels in full[3:]]
+    assert labels[:3] != labels[3:]
 
     # Interrupted after 2 steps, resumed to the same end: the same batches, in the same order, none repeated.
-    train(tiny_train_config("trainer.max_steps=2", *_recorded(tmp_path / "a.json"), run_dir=tmp_path / "a"))
+    train(tiny_train_config("trainer.max_steps=2", *_recorded(tmp_path / "a_labels"), run_dir=tmp_path / "a"))
     train(
         tiny_train_config(
             *two_epochs,
             f"ckpt_path={tmp_path / 'a' / 'checkpoints' / 'last.ckpt'}",
-            *_recorded(tmp_path / "b.json"),
+            *_recorded(tmp_path / "b_labels"),
             run_dir=tmp_path / "b",
         )
     )
-    resumed = json.loads((tmp_path / "a.json").read_text()) + json.loads((tmp_path / "b.json").read_text())
-    assert resumed == full
+    first, second = read_labels(tmp_path / "a_labels"), read_labels(tmp_path / "b_labels")
+    assert sorted(first["labels_by_step"]) == [0, 1] and sorted(second["labels_by_step"]) == [2, 3, 4, 5]
+    for key in ("labels_by_step", "position_by_step"):
+        assert {**first[key], **second[key]} == full[key]
 
 
 def test_last_checkpoint_is_due_after_every_nth_epoch_and_at_the_final_step() -> None:

@@ -18,10 +18,10 @@ import subprocess
 import sys
 from pathlib import Path
 
-import lightning.pytorch as pl
 import pytest
 import torch
 import torch.distributed as dist
+from batch_records import read_labels
 from hydra import compose, initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra
 from hydra.utils import instantiate
@@ -29,8 +29,7 @@ from lightning.pytorch.strategies import DDPStrategy
 
 from oaml.data.pair_sharding import PairShardSampler
 
-# Not imported from conftest at module level: rank 1 imports this module (for RecordTrainLabels), and conftest
-# would reset torch's thread count there.
+# Not imported from conftest at module level (as in batch_records): conftest resets torch's thread count.
 REPO = Path(__file__).resolve().parents[2]
 CONF_DIR = REPO / "conf"
 SETS = ("synthetic", "synthetic_occluded")
@@ -67,27 +66,6 @@ TRAIN_OVERRIDES = [
     "callbacks.progress_bar=null",
     *VAL_OVERRIDES,
 ]
-
-
-class RecordTrainLabels(pl.Callback):
-    """Writes the labels of every training batch a rank saw to ``labels_rank<R>.json`` in ``out_dir``.
-
-    Added to a real DDP run through the config (``+callbacks.train_labels._target_=test_ddp.RecordTrainLabels``)
-    so that the identities each rank drew can be compared step by step.
-    """
-
-    def __init__(self, out_dir: str) -> None:
-        self.out_dir = Path(out_dir)
-        self.labels_by_step: dict[int, list[int]] = {}
-
-    def on_train_batch_start(
-        self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch, batch_idx
-    ) -> None:
-        self.labels_by_step[trainer.global_step] = batch[1].tolist()
-
-    def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        record = {"world_size": trainer.world_size, "labels_by_step": self.labels_by_step}
-        (self.out_dir / f"labels_rank{trainer.global_rank}.json").write_text(json.dumps(record))
 
 
 def _run(module: str, *args: str, cwd: Path = REPO) -> subprocess.CompletedProcess:
@@ -197,7 +175,7 @@ def test_ddp_training_shares_one_run_dir_and_ranks_draw_different_identities(tmp
         "oaml.train",
         *TRAIN_OVERRIDES,
         "trainer=ddp_cpu",
-        "+callbacks.train_labels._target_=test_ddp.RecordTrainLabels",
+        "+callbacks.train_labels._target_=batch_records.RecordTrainLabels",
         f"+callbacks.train_labels.out_dir={labels_dir}",
         cwd=tmp_path,
     )
@@ -220,9 +198,9 @@ def test_ddp_training_shares_one_run_dir_and_ranks_draw_different_identities(tmp
     saved = torch.load(run_dir / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)
     assert saved["global_step"] == TRAIN_STEPS
 
-    ranks = [json.loads((labels_dir / f"labels_rank{r}.json").read_text()) for r in range(2)]
+    ranks = [read_labels(labels_dir, r) for r in range(2)]
     assert [r["world_size"] for r in ranks] == [2, 2]
-    steps = [{int(k): v for k, v in r["labels_by_step"].items()} for r in ranks]
+    steps = [r["labels_by_step"] for r in ranks]
     assert sorted(steps[0]) == sorted(steps[1]) == list(range(TRAIN_STEPS))
     for step in range(TRAIN_STEPS):
         first, second = set(steps[0][step]), set(steps[1][step])
