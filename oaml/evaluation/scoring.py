@@ -12,8 +12,12 @@ Each pair (2i, 2i+1) is then scored four ways:
 - ``adaface``: cosine of the fused embeddings;
 - ``qaconv``: QAConv logit with the predicted visibility of both faces, in the matcher's weighting mode;
 - ``qaconv_novis``: QAConv logit with visibility ignored (what occlusion awareness adds is the difference);
-- ``fused``: ``w_adaface * cosine + w_qaconv * sigmoid(qaconv)`` with fixed weights from the config. Nothing
-  is fitted on the evaluation pairs, so the fused score stays an honest test-set number.
+- ``fused``: with ``val.fusion.normalize: impostor`` (the default), ``w_adaface * z(cosine) + w_qaconv *
+  z(qaconv)``, each score z-normalised by the impostor statistics the model gathered on its *training* batches
+  (:class:`oaml.models.score_norm.ImpostorScoreNorm`), so that both are on one scale; with ``normalize: none``,
+  ``w_adaface * cosine + w_qaconv * sigmoid(qaconv)``. Nothing is fitted on the evaluation pairs, so the fused
+  score stays an honest test-set number. A model that has not trained a step has no statistics yet and is
+  fused the fixed way.
 """
 
 from __future__ import annotations
@@ -25,8 +29,11 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from oaml.models.score_norm import ImpostorScoreNorm
+
 SCORE_NAMES = ("adaface", "qaconv", "qaconv_novis", "fused")
 FUSION_KEYS = ("adaface", "qaconv")
+FUSION_NORMALIZATIONS = ("impostor", "none")
 
 
 @dataclass
@@ -63,20 +70,38 @@ def split_pairs(features: FaceFeatures) -> tuple[FaceFeatures, FaceFeatures]:
 
 @torch.no_grad()
 def score_pairs(
-    first: FaceFeatures, second: FaceFeatures, matcher: nn.Module, fusion: Mapping[str, float]
+    first: FaceFeatures,
+    second: FaceFeatures,
+    matcher: nn.Module,
+    fusion: Mapping[str, float | str],
+    score_norm: ImpostorScoreNorm | None = None,
 ) -> dict[str, Tensor]:
     """Four scores per pair, each a tensor [N]; higher means more likely the same person.
 
-    ``fusion`` holds the weights ``adaface`` and ``qaconv`` of the fused score (config ``val.fusion``).
+    ``fusion`` holds the weights ``adaface`` and ``qaconv`` of the fused score and optionally ``normalize``
+    (config ``val.fusion``); ``score_norm`` the impostor statistics that ``normalize: impostor`` uses.
     """
+    check_fusion(fusion)
+    cosine = (first.embedding * second.embedding).sum(dim=1)
+    qaconv = matcher.pair_scores(first.feature_maps, second.feature_maps, first.visibility, second.visibility)
+    qaconv_novis = matcher.pair_scores(first.feature_maps, second.feature_maps)
+    if fusion.get("normalize", "none") == "impostor" and score_norm is not None and score_norm.ready:
+        fused = fusion["adaface"] * score_norm.normalize("adaface", cosine) + fusion[
+            "qaconv"
+        ] * score_norm.normalize("qaconv", qaconv)
+    else:
+        fused = fusion["adaface"] * cosine + fusion["qaconv"] * torch.sigmoid(qaconv)
+    return {"adaface": cosine, "qaconv": qaconv, "qaconv_novis": qaconv_novis, "fused": fused}
+
+
+def check_fusion(fusion: Mapping[str, float | str]) -> None:
+    """Refuse a ``val.fusion`` without both weights or with an unknown normalisation, naming the key."""
     missing = [key for key in FUSION_KEYS if key not in fusion]
     if missing:
         raise ValueError(
             f"fusion weights lack {', '.join(f'val.fusion.{key}' for key in missing)}: give both "
             f"val.fusion.adaface and val.fusion.qaconv (got {sorted(fusion)})"
         )
-    cosine = (first.embedding * second.embedding).sum(dim=1)
-    qaconv = matcher.pair_scores(first.feature_maps, second.feature_maps, first.visibility, second.visibility)
-    qaconv_novis = matcher.pair_scores(first.feature_maps, second.feature_maps)
-    fused = fusion["adaface"] * cosine + fusion["qaconv"] * torch.sigmoid(qaconv)
-    return {"adaface": cosine, "qaconv": qaconv, "qaconv_novis": qaconv_novis, "fused": fused}
+    normalize = fusion.get("normalize", "none")
+    if normalize not in FUSION_NORMALIZATIONS:
+        raise ValueError(f"val.fusion.normalize must be one of {FUSION_NORMALIZATIONS}, got {normalize!r}")

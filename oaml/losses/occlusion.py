@@ -60,12 +60,28 @@ def downsample_visibility(mask: Tensor, size: tuple[int, int]) -> Tensor:
         return torch.einsum("ih,bchw,jw->bcij", rows, mask, cols)
 
 
+OCCLUSION_LOSS_KINDS = ("mse", "bce")
+
+
 class OcclusionLoss(nn.Module):
-    """Mean squared error between predicted and target visibility maps, both ``[B, 1, h, w]`` in [0, 1].
+    """Distance between predicted and target visibility maps, both ``[B, 1, h, w]`` in [0, 1].
+
+    ``kind``: ``mse`` (the spec's) or ``bce``, binary cross-entropy with the soft (area-fraction) target. On a
+    sigmoid output MSE's gradient vanishes where the prediction is confidently wrong (a hidden cell called
+    visible at 0.95 gets 4% of the push it gets at 0.5); BCE's does not, which is what a head that misses half
+    of the hidden region needs (experiments/occlusion_awareness). BCE runs in float32 outside autocast.
 
     A NaN or out-of-range target is an error (a broken mask must not train the head quietly). Downsample
     pixel masks first with ``downsample_visibility(mask, (h, w))``.
     """
+
+    def __init__(self, kind: str = "mse") -> None:
+        super().__init__()
+        if kind not in OCCLUSION_LOSS_KINDS:
+            raise ValueError(
+                f"OcclusionLoss kind (loss.occlusion_loss.kind) must be one of {OCCLUSION_LOSS_KINDS}, got {kind!r}"
+            )
+        self.kind = kind
 
     def forward(self, pred: Tensor, target: Tensor) -> Tensor:
         _check_visibility_map(pred, "pred", "OcclusionLoss")
@@ -85,4 +101,7 @@ class OcclusionLoss(nn.Module):
                 f"OcclusionLoss: target must lie in [0, 1] (1 = visible), got range "
                 f"[{target.min().item():.4g}, {target.max().item():.4g}]"
             )
-        return F.mse_loss(pred, target.to(pred.dtype))
+        if self.kind == "mse":
+            return F.mse_loss(pred, target.to(pred.dtype))
+        with torch.autocast(device_type=pred.device.type, enabled=False):
+            return F.binary_cross_entropy(pred.float(), target.float())

@@ -17,7 +17,10 @@ its ``model.`` key prefix (see :mod:`oaml.models.adaface_checkpoint`):
 - ``output_layer.{0,3,4}``: BN2d, (Dropout, Flatten,) Linear(C*h*w -> embedding), BatchNorm1d(affine=False)
 
 OAML adds one attribute, ``occlusion_head`` (:class:`~oaml.models.occlusion_head.OcclusionHead`), which an
-AdaFace checkpoint does not have; it reads the body's feature map (7x7 at 112x112 input, 14x14 at 224x224).
+AdaFace checkpoint does not have. By default it reads the body's final feature map (7x7 at 112x112 input, 14x14
+at 224x224); ``occlusion_input_stage`` lets it read an earlier, finer stage instead (its prediction is then
+area-averaged to the final grid), because a backbone trained for identity learns to ignore occluders by its
+last stage (experiments/occlusion_awareness).
 """
 
 from __future__ import annotations
@@ -90,6 +93,10 @@ class IResNet(nn.Module):
         embedding_size: size of the identity embedding.
         dropout: dropout before the embedding Linear (AdaFace: 0.4).
         occlusion_hidden_channels: hidden width of the occlusion head.
+        occlusion_input_stage: which map the occlusion head reads: 0 the stem (``input_layer``), k the output of
+            stage k (1-based), negative counts from the end; -1 (default) is the final feature map. A finer map
+            must be an integer multiple of the final one (always true: every stage halves it).
+        occlusion_layers: extra conv3x3-BN-ReLU layers in the occlusion head (0: the spec's head).
         occlusion_detach_features: the occlusion head reads ``features.detach()``, so the occlusion loss trains
             only the head and never reshapes the backbone (gradient isolation). False lets it co-train the body.
         stem_stride: stride of the stem conv. 1 in every AdaFace model; 2 halves the resolution before the
@@ -109,6 +116,8 @@ class IResNet(nn.Module):
         occlusion_hidden_channels: int = 128,
         occlusion_detach_features: bool = True,
         stem_stride: int = 1,
+        occlusion_input_stage: int = -1,
+        occlusion_layers: int = 0,
     ) -> None:
         super().__init__()
         units = tuple(int(u) for u in units)
@@ -144,6 +153,12 @@ class IResNet(nn.Module):
             )
         if not 0.0 <= dropout < 1.0:
             raise ValueError(f"IResNet dropout must be in [0, 1), got {dropout}")
+        num_taps = len(units) + 1  # the stem and every stage
+        if not -num_taps <= occlusion_input_stage < num_taps:
+            raise ValueError(
+                f"occlusion_input_stage (occlusion.input_stage) must lie in [{-num_taps}, {num_taps - 1}] for "
+                f"{len(units)} stages (0: stem, k: stage k, -1: final map), got {occlusion_input_stage}"
+            )
 
         stem_channels = 64 if stem_channels is None else int(stem_channels)
         self.units = units
@@ -155,6 +170,7 @@ class IResNet(nn.Module):
         side = input_size // downsample
         self.feature_size: tuple[int, int] = (side, side)
         self.occlusion_detach_features = occlusion_detach_features
+        self.occlusion_input_stage = occlusion_input_stage % num_taps
 
         self.input_layer = nn.Sequential(
             nn.Conv2d(3, stem_channels, kernel_size=3, stride=stem_stride, padding=1, bias=False),
@@ -175,7 +191,15 @@ class IResNet(nn.Module):
             nn.Linear(self.feature_channels * side * side, self.embedding_size),
             nn.BatchNorm1d(self.embedding_size, affine=False),
         )
-        self.occlusion_head = OcclusionHead(self.feature_channels, occlusion_hidden_channels)
+        # Index into body after which the occlusion head's input is taken (-1: the stem's output).
+        self._occlusion_tap = sum(units[: self.occlusion_input_stage]) - 1
+        tap_channels = ((stem_channels,) + channels)[self.occlusion_input_stage]
+        self.occlusion_head = OcclusionHead(
+            tap_channels,
+            occlusion_hidden_channels,
+            num_layers=occlusion_layers,
+            output_size=self.feature_size,
+        )
         self._init_weights()
 
     def _init_weights(self) -> None:
@@ -206,9 +230,19 @@ class IResNet(nn.Module):
 
     def forward_features(self, x: Tensor) -> Tensor:
         """Images [B, 3, H, W] -> body feature maps [B, C, h, w] (before ``output_layer``)."""
+        return self._features_and_occlusion_input(x)[0]
+
+    def _features_and_occlusion_input(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        """(final feature maps, the map the occlusion head reads): one pass through the body."""
         if not torch.jit.is_tracing():
             self._check_input(x)
-        return self.body(self.input_layer(x))
+        x = self.input_layer(x)
+        tap = x
+        for index, unit in enumerate(self.body):
+            x = unit(x)
+            if index == self._occlusion_tap:
+                tap = x
+        return x, tap
 
     def embed(self, feature_maps: Tensor) -> tuple[Tensor, Tensor]:
         """Feature maps -> (L2-normalised embedding [B, E], embedding norm [B, 1]), as AdaFace returns them."""
@@ -216,21 +250,22 @@ class IResNet(nn.Module):
         norm = torch.linalg.vector_norm(raw, ord=2, dim=1, keepdim=True)
         return raw / norm, norm
 
-    def occlusion(self, feature_maps: Tensor) -> Tensor:
-        """Feature maps -> visibility map [B, 1, h, w] in [0, 1]; detached input unless configured otherwise."""
+    def occlusion(self, occlusion_input: Tensor) -> Tensor:
+        """The occlusion head's input map (see ``occlusion_input_stage``) -> visibility [B, 1, h, w] in [0, 1]
+        on the final feature grid; detached input unless configured otherwise."""
         if self.occlusion_detach_features:
-            feature_maps = feature_maps.detach()
-        return self.occlusion_head(feature_maps)
+            occlusion_input = occlusion_input.detach()
+        return self.occlusion_head(occlusion_input)
 
     def forward(
         self, x: Tensor, return_occlusion: bool = False
     ) -> tuple[Tensor, Tensor] | tuple[Tensor, Tensor, Tensor, Tensor]:
         """Images -> (embedding, norm), or (embedding, norm, occlusion_map, feature_maps) when asked."""
-        feature_maps = self.forward_features(x)
+        feature_maps, occlusion_input = self._features_and_occlusion_input(x)
         embedding, norm = self.embed(feature_maps)
         if not return_occlusion:
             return embedding, norm
-        return embedding, norm, self.occlusion(feature_maps), feature_maps
+        return embedding, norm, self.occlusion(occlusion_input), feature_maps
 
     def num_backbone_parameters(self) -> int:
         """Parameters of the AdaFace-compatible backbone, i.e. everything except ``occlusion_head``."""

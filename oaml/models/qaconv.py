@@ -34,6 +34,14 @@ Probe visibility belongs to probe locations s, gallery visibility to gallery loc
   contributes only the fc bias. The first BatchNorm still takes its statistics over all pooled values, the
   hidden ones (at -1) included, as in ``mask``.
 
+- ``covisible``: the correlations are those of ``mask`` (a hidden location cannot win a max, so the occluder's
+  own features never enter the score); the pooled terms of location ``l`` (both directions) are then weighted
+  by the *co-visibility* ``w_l = v_p[l] * v_g[l]`` and renormalised by its total over the map:
+  ``t_l' = BN(t_l) * w_l * hw / sum(w)``. Faces are aligned, so location ``l`` is the same part of both faces:
+  evidence counts only where both faces show it, and is averaged, not summed, so a pair is not scored lower
+  just because half of one face is hidden. With all-visible maps it equals ``none`` (to float rounding), so
+  clean pairs keep their ``none`` scores. A pair with nothing co-visible scores from the bias.
+
 No mode builds a ``[P, G, hw, hw]`` weight tensor: visibility is folded into the features (the only
 ``[P, G, hw, hw]`` tensor is the correlation itself, as in unweighted QAConv) or into the ``[P, G, hw]``
 pooled terms. ``benchmarks/qaconv.py`` measures the memory against a naive weight-tensor version.
@@ -49,7 +57,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-WEIGHTINGS = ("none", "product", "mask", "pooled")
+WEIGHTINGS = ("none", "product", "mask", "pooled", "covisible")
 
 # Smallest total visibility used to renormalise ``pooled`` terms (a fully hidden map then scores from the bias).
 _MIN_TOTAL_VISIBILITY = 1e-6
@@ -213,7 +221,7 @@ class QAConv(nn.Module):
             return probe, gallery, 0.0
         if self.weighting == "product":
             return _scale(probe, probe_vis), _scale(gallery, gallery_vis), 0.0
-        # mask / pooled: v_p v_g (c + 1) - 1 via an appended constant channel.
+        # mask / pooled / covisible: v_p v_g (c + 1) - 1 via an appended constant channel.
         return _scale(_append_one(probe), probe_vis), _scale(_append_one(gallery), gallery_vis), 1.0
 
     def _pooled_all_pairs(
@@ -241,6 +249,10 @@ class QAConv(nn.Module):
         if self.weighting == "pooled":
             per_probe_loc = per_probe_loc * _location_weights(probe_vis, self.hw)
             per_gallery_loc = per_gallery_loc * _location_weights(gallery_vis, self.hw)
+        elif self.weighting == "covisible":
+            weights = _location_weights(_covisibility(probe_vis, gallery_vis), self.hw)
+            per_probe_loc = per_probe_loc * weights
+            per_gallery_loc = per_gallery_loc * weights
         score = self.fc(per_probe_loc) + self.fc(per_gallery_loc)  # [..., 1]
         return self.logit_bn(score.reshape(-1, 1)).view(lead)
 
@@ -266,6 +278,13 @@ def _location_weights(visibility: Tensor | None, hw: int) -> Tensor | float:
         return 1.0
     total = visibility.sum(dim=-1, keepdim=True).clamp_min(_MIN_TOTAL_VISIBILITY)
     return visibility * (hw / total)
+
+
+def _covisibility(probe_vis: Tensor | None, gallery_vis: Tensor | None) -> Tensor | None:
+    """``v_p * v_g`` per location (broadcast over pairs); a missing map counts as all visible."""
+    if probe_vis is None or gallery_vis is None:
+        return gallery_vis if probe_vis is None else probe_vis
+    return probe_vis * gallery_vis
 
 
 def _unsqueeze(visibility: Tensor | None, dim: int) -> Tensor | None:

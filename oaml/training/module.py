@@ -29,6 +29,7 @@ from torch import Tensor, nn
 from oaml.evaluation.metrics import verification_report, visibility_report
 from oaml.evaluation.scoring import SCORE_NAMES, embed_faces, score_pairs, split_pairs
 from oaml.losses.occlusion import downsample_visibility
+from oaml.models.score_norm import ImpostorScoreNorm
 from oaml.training.gather import gather_by_index
 
 LOSS_NAMES = ("adaface", "qaconv", "occlusion")
@@ -63,6 +64,7 @@ class OAMLModule(pl.LightningModule):
         scheduler_interval: str = "epoch",
         head_lr: float | None = None,
         detach_visibility: bool = True,
+        weighting_start_step: int = 0,
         main_visibility_known: bool = True,
         fusion: Mapping[str, float] | None = None,
         val_set_names: Sequence[str] = (),
@@ -84,6 +86,13 @@ class OAMLModule(pl.LightningModule):
         self.scheduler_interval = scheduler_interval
         self.head_lr = head_lr
         self.detach_visibility = detach_visibility
+        if weighting_start_step < 0:
+            raise ValueError(
+                f"occlusion.weighting_start_step must be >= 0 (0: from the first step), got {weighting_start_step}"
+            )
+        self.weighting_start_step = int(weighting_start_step)
+        # Impostor statistics of the training batches: they put both scores on one scale for the fused score.
+        self.score_norm = ImpostorScoreNorm(("adaface", "qaconv"))
         self.main_visibility_known = main_visibility_known
         self.fusion = dict(fusion or {"adaface": 0.5, "qaconv": 0.5})
         self.val_set_names = list(val_set_names)
@@ -113,9 +122,17 @@ class OAMLModule(pl.LightningModule):
         loss_adaface = F.cross_entropy(logits, labels)
         predicted = predicted_all[:num_main]
         qaconv_visibility = predicted.detach() if self.detach_visibility else predicted
+        if self.global_step < self.weighting_start_step:
+            # Warm-up: QAConv learns without the visibility until the head has had time to become reliable.
+            qaconv_visibility = None
         # Self-matching of the batch: the probe visibility serves both sides.
         scores = self.matcher(feature_maps[:num_main], prob_occ=qaconv_visibility)
         loss_qaconv, matching_acc = self.matching_loss(scores, labels)
+        main_embedding = embedding[:num_main].detach()
+        self.score_norm.update(
+            {"adaface": main_embedding @ main_embedding.t(), "qaconv": scores},
+            impostor=labels.unsqueeze(0) != labels.unsqueeze(1),
+        )
 
         # Occlusion loss: every image whose visibility is known. Main-stream visibility counts only when the
         # data knows it (synthetic faces, pasted occluders); otherwise it is an all-ones placeholder that
@@ -192,7 +209,7 @@ class OAMLModule(pl.LightningModule):
         images, visibility, pair_index, issame = batch
         features = embed_faces(self.backbone, images)
         first, second = split_pairs(features)
-        scores = score_pairs(first, second, self.matcher, self.fusion)
+        scores = score_pairs(first, second, self.matcher, self.fusion, self.score_norm)
         target = downsample_visibility(visibility, tuple(features.visibility.shape[-2:]))
         out = self._val_outputs[dataloader_idx]
         out["pair_index"].append(pair_index[0::2])

@@ -68,3 +68,23 @@ def test_downsample_accepts_bool_and_rejects_bad_input() -> None:
         downsample_visibility(torch.zeros(1, 1, 4, 4), (2, 0))
     with pytest.raises(ValueError, match="mask"):
         downsample_visibility(torch.zeros(1, 2, 4, 4), (2, 2))
+
+
+def test_bce_with_soft_targets_and_its_gradient_where_mse_vanishes() -> None:
+    pred = torch.tensor([[[[0.9, 0.2], [0.5, 0.99]]]])
+    target = torch.tensor([[[[0.25, 0.0], [1.0, 1.0]]]])
+    expected = -(target * pred.log() + (1 - target) * (1 - pred).log()).mean()
+    assert OcclusionLoss("bce")(pred, target).item() == pytest.approx(expected.item(), rel=1e-6)
+    # a hidden cell called visible at 0.99: BCE still pushes hard (gradient wrt the logit 0.99 / n); MSE barely
+    logit = torch.tensor([[[[4.6]]]], requires_grad=True)
+    zero = torch.zeros(1, 1, 1, 1)
+    OcclusionLoss("bce")(torch.sigmoid(logit), zero).backward()
+    bce_grad = logit.grad.item()
+    logit.grad = None
+    OcclusionLoss("mse")(torch.sigmoid(logit), zero).backward()
+    assert bce_grad > 0.98 and logit.grad.item() < 0.02
+
+
+def test_unknown_loss_kind_names_the_key() -> None:
+    with pytest.raises(ValueError, match="loss.occlusion_loss.kind"):
+        OcclusionLoss("dice")

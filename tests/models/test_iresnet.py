@@ -189,3 +189,40 @@ def test_kaiming_fan_out_init() -> None:
     conv = build_backbone("ir18").body[7].res_layer[1]  # 3x3 conv 512 -> 512
     expected_std = (2.0 / (512 * 9)) ** 0.5
     assert abs(float(conv.weight.detach().std()) - expected_std) / expected_std < 0.02
+
+
+@pytest.mark.parametrize("stage", [0, 1, 2, -2])
+def test_occlusion_head_reads_the_configured_stage(stage: int) -> None:
+    """The head's input is the output of the stem (0) or of stage k, taken in the same pass as the final map."""
+    torch.manual_seed(0)
+    model = tiny(occlusion_input_stage=stage, occlusion_layers=1).eval()
+    x = torch.randn(2, 3, 112, 112)
+    _, _, visibility, feature_maps = model(x, return_occlusion=True)
+    stage_index = stage % (len(model.units) + 1)
+    expected_input = model.input_layer(x)
+    for unit in model.body[: sum(model.units[:stage_index])]:
+        expected_input = unit(expected_input)
+    assert model.occlusion_head.in_channels == expected_input.shape[1]
+    torch.testing.assert_close(visibility, model.occlusion_head(expected_input))
+    assert visibility.shape[-2:] == feature_maps.shape[-2:] == model.feature_size
+    torch.testing.assert_close(feature_maps, model.forward_features(x))
+
+
+def test_occlusion_loss_through_an_early_stage_reaches_only_the_units_before_it() -> None:
+    torch.manual_seed(0)
+    model = tiny(occlusion_input_stage=1, occlusion_detach_features=False)
+    _, _, occlusion, _ = model(torch.randn(4, 3, 112, 112), return_occlusion=True)
+    occlusion.mean().backward()
+    first_stage = sum(model.units[:1])
+    for name, param in model.named_parameters():
+        if name.startswith("input_layer.") or (
+            name.startswith("body.") and int(name.split(".")[1]) < first_stage
+        ):
+            assert param.grad is not None and param.grad.abs().sum() > 0, name
+        elif name.startswith(("body.", "output_layer.")):
+            assert param.grad is None or param.grad.abs().sum() == 0, name
+
+
+def test_occlusion_input_stage_out_of_range_names_the_key() -> None:
+    with pytest.raises(ValueError, match="occlusion.input_stage"):
+        tiny(occlusion_input_stage=9)

@@ -33,7 +33,7 @@ def test_spatial_size_follows_the_input() -> None:
 
 
 def test_wrong_channel_count_is_rejected() -> None:
-    with pytest.raises(ValueError, match=r"\[B, 16, h, w\]"):
+    with pytest.raises(ValueError, match=r"\[B, 16, H, W\]"):
         OcclusionHead(16)(torch.randn(1, 8, 7, 7))
 
 
@@ -56,3 +56,25 @@ def test_initialisation_starts_unsaturated() -> None:
         head.conv1.weight.zero_()
     head.reset_parameters()
     assert torch.all(head.conv2.bias == 0.0) and head.conv1.weight.abs().sum() > 0
+
+
+def test_deeper_head_on_a_finer_map_area_averages_to_the_output_grid() -> None:
+    """A 28x28 input with output_size 7x7: each output cell is the mean of the 4x4 fine probabilities it covers
+    (the visible fraction of its area), not a subsampled or max-pooled value."""
+    torch.manual_seed(0)
+    head = OcclusionHead(16, hidden_channels=8, num_layers=2, output_size=(7, 7)).eval()
+    assert len(head.layers) == 2 and all(layer[0].kernel_size == (3, 3) for layer in head.layers)
+    features = torch.randn(2, 16, 28, 28)
+    fine = torch.sigmoid(head.logits(features))
+    assert fine.shape == (2, 1, 28, 28)
+    expected = fine.reshape(2, 1, 7, 4, 7, 4).mean(dim=(3, 5))
+    torch.testing.assert_close(head(features), expected)
+    # a map that is not a multiple of the output grid is refused, naming both sizes
+    with pytest.raises(ValueError, match=r"\(27, 27\).*\(7, 7\)"):
+        head(torch.randn(1, 16, 27, 27))
+
+
+def test_default_head_keeps_the_spec_layout_and_keys() -> None:
+    head = OcclusionHead(32, hidden_channels=8)
+    assert len(head.layers) == 0
+    assert sorted({key.split(".")[0] for key in head.state_dict()}) == ["bn", "conv1", "conv2"]

@@ -1,4 +1,4 @@
-"""QAConv: the 2.1 formula, the four weighting modes, index discipline, chunked/pairwise scoring."""
+"""QAConv: the 2.1 formula, the five weighting modes, index discipline, chunked/pairwise scoring."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from oaml.models.qaconv import WEIGHTINGS, QAConv
 
 C, H, W = 8, 3, 4  # H != W so that a height/width mix-up breaks shapes or numbers
 HW = H * W
-WEIGHTED = ("product", "mask", "pooled")
+WEIGHTED = ("product", "mask", "pooled", "covisible")
 
 
 def make_qaconv(weighting: str, seed: int = 0) -> QAConv:
@@ -63,7 +63,7 @@ def reference_scores(
             weight = vp[:, None, :, None] * vg[None, :, None, :]
         else:
             weight = vg[None, :, :, None] * vp[:, None, None, :]
-        score = weight * score if mode == "product" else weight * score + (1 - weight) * -1.0
+        score = weight * score if mode == "product" else weight * score + (1 - weight) * -1.0  # mask-like
     per_probe_loc = _bn_eval(score.max(dim=2).values, qa.bn)  # [p, g, s]
     per_gallery_loc = _bn_eval(score.max(dim=3).values, qa.bn)  # [p, g, r]
     if mode == "pooled":
@@ -73,6 +73,10 @@ def reference_scores(
             per_probe_loc, per_gallery_loc = per_probe_loc * wg[None], per_gallery_loc * wp[:, None]
         else:
             per_probe_loc, per_gallery_loc = per_probe_loc * wp[:, None], per_gallery_loc * wg[None]
+    if mode == "covisible":
+        covisible = vp[:, None, :] * vg[None, :, :]  # [p, g, l]: location l shown by both faces
+        weight = covisible * HW / covisible.sum(dim=-1, keepdim=True)
+        per_probe_loc, per_gallery_loc = per_probe_loc * weight, per_gallery_loc * weight
     fc_w, fc_b = qa.fc.weight[0], qa.fc.bias[0]
     logit = per_probe_loc @ fc_w + fc_b + per_gallery_loc @ fc_w + fc_b
     return _bn_eval(logit, qa.logit_bn)
@@ -233,6 +237,46 @@ def test_pooled_does_not_penalise_hidden_half_for_itself() -> None:
     torch.testing.assert_close(gallery_half, full, atol=1e-5, rtol=1e-5)
     mask = QAConv(C, H, W, weighting="mask").eval()
     assert mask(x, x, half, half).item() < mask(x, x).item() - 0.1
+
+
+def test_covisible_scores_a_half_hidden_face_like_the_full_match() -> None:
+    """Only one side hides half the face: ``covisible`` averages over the co-visible half, where every location
+    still finds itself, so the score equals the full self-match; ``pooled`` (probe terms over all probe
+    locations) and ``mask`` score it lower."""
+    x = maps(1, 1)
+    half = torch.ones(1, 1, H, W)
+    half[:, :, :, : W // 2] = 0.0
+    ones = torch.ones(1, 1, H, W)
+    qa = QAConv(C, H, W, weighting="covisible").eval()
+    full = qa(x, x, ones, ones)
+    torch.testing.assert_close(qa(x, x, ones, half), full, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(qa(x, x, half, ones), full, atol=1e-5, rtol=1e-5)
+    for mode in ("pooled", "mask"):
+        other = QAConv(C, H, W, weighting=mode).eval()
+        assert other(x, x, ones, half).item() < other(x, x, ones, ones).item() - 0.05, mode
+
+
+def test_covisible_weights_each_location_by_both_faces() -> None:
+    """A location hidden in the gallery drops out of the probe-location terms too (and vice versa): the terms
+    of location l are weighted by v_p[l] * v_g[l], not by one side alone."""
+    qa = make_qaconv("covisible")
+    prob, gal = maps(1, 1), maps(1, 2)
+    ones = torch.ones(1, 1, H, W)
+    hidden = ones.clone()
+    hidden[0, 0, 1, 2] = 0.0
+    loc = 1 * W + 2
+    p = F.normalize(prob, dim=1).flatten(2)[0]  # [C, hw]
+    g = F.normalize(gal, dim=1).flatten(2)[0]
+    corr = g.t() @ p  # [r, s]
+    corr_masked = corr.clone()
+    corr_masked[loc, :] = -1.0  # the hidden gallery location cannot win a max
+    keep = torch.arange(HW) != loc
+    per_probe = _bn_eval(corr_masked.max(dim=0).values, qa.bn)[keep]
+    per_gallery = _bn_eval(corr_masked.max(dim=1).values, qa.bn)[keep]
+    fc_w = qa.fc.weight[0][keep] * HW / (HW - 1)
+    logit = per_probe @ fc_w + per_gallery @ fc_w + 2 * qa.fc.bias[0]
+    expected = _bn_eval(logit, qa.logit_bn)[0]
+    torch.testing.assert_close(qa(prob, gal, ones, hidden)[0, 0], expected, atol=1e-5, rtol=1e-5)
 
 
 # --------------------------------------------------------------------------------------------- gradients
