@@ -13,20 +13,27 @@ import hydra
 import lightning.pytorch as pl
 from hydra.core.hydra_config import HydraConfig
 from hydra.utils import instantiate
-from omegaconf import DictConfig, OmegaConf, open_dict
+from omegaconf import DictConfig, open_dict
 
 from oaml.data.val_sets import build_mask_val_sets, build_val_sets, resolve_monitor
 from oaml.paths import CONF_DIR
-from oaml.training.build import build_model
+from oaml.training.build import build_model, loss_weights_from_config
 from oaml.training.launch_env import prepare_launch
+from oaml.training.loggers import close_loggers, trainer_extras
 from oaml.training.report import print_metrics_table, write_metrics_json
+from oaml.training.requeue import requeued_run
 from oaml.training.run_dir import claim_run_dir
+from oaml.training.search import search_objective
 
 
 def train(cfg: DictConfig) -> dict[str, float]:
     """Train as ``cfg`` says; return the final validation metrics (also written to ``metrics.json``)."""
+    loss_weights_from_config(cfg.loss)  # a negative weight fails now, not after the data is read
     prepare_launch(cfg)  # before the Trainer and the run dir: which process is which rank
     run_dir = claim_run_dir(Path(HydraConfig.get().runtime.output_dir))
+    requeue = requeued_run(run_dir)  # a requeued SLURM job: resume its own run, never rerun a finished one
+    if requeue.finished_metrics is not None:
+        return requeue.finished_metrics
     pl.seed_everything(cfg.seed, workers=True)
 
     val_sets = build_val_sets(cfg.val, seed=cfg.val.seed, image_size=cfg.backbone.input_size)
@@ -44,17 +51,19 @@ def train(cfg: DictConfig) -> dict[str, float]:
         main_visibility_known=datamodule.main_visibility_known,
     )
 
-    callbacks = [instantiate(c) for c in cfg.callbacks.values() if c is not None]
+    extras = trainer_extras(cfg)  # logger, callbacks, progress bar: as the config and the terminal say
+    callbacks = extras.pop("callbacks")
     trainer: pl.Trainer = instantiate(
-        cfg.trainer, logger=instantiate(cfg.logger), callbacks=callbacks, default_root_dir=str(run_dir)
+        cfg.trainer, **extras, callbacks=callbacks, default_root_dir=str(run_dir)
     )
-    trainer.fit(model, datamodule=datamodule, ckpt_path=cfg.ckpt_path)
+    trainer.fit(model, datamodule=datamodule, ckpt_path=requeue.ckpt_path or cfg.ckpt_path)
     metrics = logged_metrics(trainer)
     if model.last_validated_step != trainer.global_step and datamodule.val_sets:
         # Training stopped between validations (max_steps mid-epoch, check_val_every_n_epoch): the reported
         # metrics must describe the final weights.
         trainer.validate(model, datamodule=datamodule, verbose=False)
         metrics.update(logged_metrics(trainer))
+    close_loggers(trainer.loggers)
     metrics = dict(sorted(metrics.items()))
     if trainer.is_global_zero:
         write_metrics_json(metrics, run_dir / "metrics.json")
@@ -72,8 +81,7 @@ def logged_metrics(trainer: pl.Trainer) -> dict[str, float]:
 
 @hydra.main(version_base="1.3", config_path=CONF_DIR, config_name="train")
 def main(cfg: DictConfig) -> Any:
-    metrics = train(cfg)
-    return metrics.get(OmegaConf.select(cfg, "callbacks.model_checkpoint.monitor") or "", None)
+    return search_objective(cfg, train(cfg))  # what a sweeper (Optuna) optimises
 
 
 if __name__ == "__main__":

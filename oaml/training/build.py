@@ -53,7 +53,7 @@ def build_model(
     if init_from:
         initialise_from_adaface(backbone, head, init_from)
     opt = cfg.optimizer
-    loss_weights = {name: float(cfg.loss[name]) for name in LOSS_NAMES}
+    loss_weights = loss_weights_from_config(cfg.loss)
     if not occlusion_supervised and loss_weights["occlusion"] > 0:
         log.warning(
             "No visibility targets (no data.masks set, no occluder augmentation on data.train): "
@@ -85,6 +85,35 @@ def build_model(
             "channel_order": cfg.data.channel_order,
         },
     )
+
+
+def loss_weights_from_config(loss_cfg: Any) -> dict[str, float]:
+    """The ``loss.*`` weights as floats, refused when one is negative or not a number.
+
+    A negative weight trains the model to *increase* that loss (a silent, ruinous typo in a sweep); zero is
+    allowed: it switches the term off. ``train()`` calls this before any data is read, so a bad weight
+    fails in seconds, not after the data and the model are built.
+    """
+    weights = {}
+    for name in LOSS_NAMES:
+        value = loss_cfg.get(name)
+        try:
+            weight = float(value)
+        except (TypeError, ValueError) as error:
+            raise ValueError(
+                f"loss.{name}={value!r} is not a number; set loss.{name}=0.1 (0 switches the term off)"
+            ) from error
+        if weight != weight:  # NaN
+            raise ValueError(
+                f"loss.{name}={value} is not a number; use a weight >= 0 (0 switches the term off)"
+            )
+        if weight < 0.0:
+            raise ValueError(
+                f"loss.{name}={value} is negative: it would train the model to increase that loss; use a weight "
+                f">= 0 (loss.{name}=0 switches the term off)"
+            )
+        weights[name] = weight
+    return weights
 
 
 def initialise_from_adaface(backbone: nn.Module, head: nn.Module, path: str) -> None:

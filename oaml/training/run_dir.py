@@ -1,5 +1,9 @@
 """Run directories are write-once: a run never writes into a directory that already holds results.
 
+One exception: a SLURM job that was requeued (preempted, out of time, ``scontrol requeue``) comes back into
+the directory it claimed before, to resume it (``oaml.training.requeue``). A run under SLURM therefore marks
+its directory with its job id (``JOB_MARKER``); the directory stays open to that job only, and to nobody else.
+
 Two guards, because Hydra writes ``.hydra/`` (the run's config) before the task starts: a Hydra callback
 stops the process before that write when ``hydra.run.dir`` (or ``hydra.sweep.dir``) points at an earlier
 run, and ``claim_run_dir`` checks again from the task itself (also when it is called without the CLI).
@@ -15,7 +19,9 @@ from typing import Any
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig
 
-RESULT_NAMES = ("metrics.json", "checkpoints", "tensorboard")
+RESULT_NAMES = ("metrics.json", "checkpoints", "tensorboard", "csv")
+# Written by the run's first start under SLURM: the id of the job (array jobs: <array id>_<task id>).
+JOB_MARKER = "slurm_job_id"
 
 
 RANK_VARIABLES = ("LOCAL_RANK", "NODE_RANK", "RANK", "SLURM_PROCID")
@@ -28,7 +34,25 @@ def _is_ddp_child() -> bool:
     return any(int(os.environ.get(name, "0") or "0") > 0 for name in RANK_VARIABLES)
 
 
+def slurm_job_key() -> str | None:
+    """This SLURM job's id, stable across requeues (array tasks: ``<array job id>_<task id>``); None
+    outside SLURM."""
+    array_id, task_id = os.environ.get("SLURM_ARRAY_JOB_ID"), os.environ.get("SLURM_ARRAY_TASK_ID")
+    if array_id and task_id:
+        return f"{array_id}_{task_id}"
+    return os.environ.get("SLURM_JOB_ID") or None
+
+
+def owned_by_this_job(run_dir: Path) -> bool:
+    """True where ``run_dir`` was claimed by this very SLURM job before: it has been requeued."""
+    key = slurm_job_key()
+    marker = run_dir / JOB_MARKER
+    return key is not None and marker.is_file() and marker.read_text().strip() == key
+
+
 def _results_in(run_dir: Path) -> list[str]:
+    if owned_by_this_job(run_dir):
+        return []
     return [name for name in RESULT_NAMES if (run_dir / name).exists()]
 
 
@@ -47,6 +71,9 @@ def claim_run_dir(run_dir: Path) -> Path:
     if taken:
         raise FileExistsError(_refusal(run_dir, taken))
     run_dir.mkdir(parents=True, exist_ok=True)
+    key = slurm_job_key()
+    if key is not None and not owned_by_this_job(run_dir):
+        (run_dir / JOB_MARKER).write_text(key + "\n")
     return run_dir
 
 
