@@ -24,6 +24,7 @@ from oaml.training.report import print_metrics_table, write_metrics_json
 from oaml.training.requeue import requeued_run
 from oaml.training.run_dir import claim_run_dir
 from oaml.training.search import search_objective
+from oaml.training.step_seed import StepSeed
 
 
 def train(cfg: DictConfig) -> dict[str, float]:
@@ -53,6 +54,7 @@ def train(cfg: DictConfig) -> dict[str, float]:
 
     extras = trainer_extras(cfg)  # logger, callbacks, progress bar: as the config and the terminal say
     callbacks = extras.pop("callbacks")
+    callbacks.append(StepSeed(cfg.seed))  # not optional: exact resume depends on it
     trainer: pl.Trainer = instantiate(
         cfg.trainer, **extras, callbacks=callbacks, default_root_dir=str(run_dir)
     )

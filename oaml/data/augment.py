@@ -10,10 +10,11 @@
   Geometric operations (crop, flip) move the visibility map with the image: the zeroed border of a crop is
   hidden face. Photometric and resolution changes leave visibility alone.
 
-Randomness: each augmentation draws from its own numpy Generator, seeded lazily in every process from
-`torch.initial_seed()` (distinct in every DataLoader worker and every epoch, set by the run's seed in the main
-process), the process id, the distributed rank and the augmentation's `seed`; global numpy state is never used,
-so workers never repeat each other's draws and two runs with the same seed draw the same numbers.
+Randomness: each augmentation draws from its own numpy Generator (`WorkerSeededGenerator`); global numpy state
+is never used. During training every item is fetched with a key that says where it sits in the run
+(`oaml.data.item_keys`), and the generator is seeded from that key, the rank, the augmentation's `seed` and its
+name: an item's augmentation is the same in any worker and after a resume. Outside a keyed fetch (a dataset
+used directly) it is seeded from `torch.initial_seed()` (distinct in every DataLoader worker) instead.
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ import torch
 import torchvision.transforms.v2.functional as TF
 from PIL import Image
 
+from oaml.data.item_keys import current_item_entropy
 from oaml.data.occluders import RandomOccluder
 
 __all__ = ["AdaFaceAugment", "Chain", "OccluderAugment", "WorkerSeededGenerator", "check_pair"]
@@ -45,9 +47,11 @@ def _distributed_rank() -> int:
 
 
 class WorkerSeededGenerator:
-    """A numpy Generator re-created whenever the process or torch's initial seed changes.
+    """A numpy Generator for one augmentation: per training item, else per process.
 
-    A DataLoader worker is a new process whose `torch.initial_seed()` is base_seed + worker_id, with a fresh
+    Inside a keyed fetch (`oaml.data.item_keys.current_item_entropy()` is set) it is a fresh generator seeded
+    from the item's key, the rank, `seed` and `salt`, kept for the rest of that item. Otherwise it is re-created
+    whenever the process or torch's initial seed changes: a DataLoader worker is a new process whose `torch.initial_seed()` is base_seed + worker_id, with a fresh
     base_seed each epoch; the main process's initial seed is the run's seed. Mixing in the rank keeps DDP
     ranks (which share the run's seed) apart, and `salt` keeps two augmentations of the same worker apart.
     The generator is not pickled: a worker never starts from the parent's state.
@@ -57,9 +61,17 @@ class WorkerSeededGenerator:
         self.seed = int(seed)
         self._salt = zlib.crc32(salt.encode())
         self._generator: np.random.Generator | None = None
-        self._owner: tuple[int, int] | None = None
+        self._owner: tuple[object, ...] | None = None
 
     def __call__(self) -> np.random.Generator:
+        item = current_item_entropy()
+        if item is not None:
+            owner: tuple[object, ...] = ("item", os.getpid(), *item)
+            if self._generator is None or self._owner != owner:
+                entropy = [*item, _distributed_rank(), self.seed & 0xFFFFFFFFFFFFFFFF, self._salt]
+                self._generator = np.random.default_rng(np.random.SeedSequence(entropy))
+                self._owner = owner
+            return self._generator
         owner = (os.getpid(), torch.initial_seed())
         if self._generator is None or self._owner != owner:
             entropy = [owner[1] & 0xFFFFFFFFFFFFFFFF, _distributed_rank(), self.seed, self._salt]

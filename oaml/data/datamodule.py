@@ -21,8 +21,9 @@ from typing import Any
 import lightning.pytorch as pl
 import torch
 from lightning.pytorch.utilities import CombinedLoader
-from torch.utils.data import DataLoader, Dataset, DistributedSampler
+from torch.utils.data import BatchSampler, DataLoader, Dataset, DistributedSampler
 
+from oaml.data.item_keys import KeyedBatches, KeyedItems
 from oaml.data.mask_stream import MaskStream, provides_visibility
 from oaml.data.normalize import check_channel_order, normalize_faces
 from oaml.data.pair_sharding import BlockShardSampler, IndexedFaces, IndexedPairs
@@ -131,11 +132,13 @@ class OAMLDataModule(pl.LightningDataModule):
             rank=rank,
             epoch_size=self.epoch_size,
         )
+        # Keyed items: augmentation depends on the item's place in the run, not on a worker's history.
+        main_batches = KeyedBatches(sampler, stream=0)
+        main = self._loader(KeyedItems(self.train_set), batch_sampler=main_batches)
         position = _resumed_position(self.trainer)
-        if position is not None:
-            sampler.resume_within_epoch(*position)
-        main = self._loader(self.train_set, batch_sampler=sampler)
         if self.mask_stream is None:
+            if position is not None:
+                main_batches.resume_within_epoch(*position)
             return main
         if len(self.mask_stream) // world_size < self.mask_batch_size:
             raise ValueError(
@@ -146,9 +149,14 @@ class OAMLDataModule(pl.LightningDataModule):
         mask_sampler = DistributedSampler(
             self.mask_stream, num_replicas=world_size, rank=rank, shuffle=True, seed=self.seed, drop_last=True
         )
-        masks = self._loader(
-            self.mask_stream, batch_size=self.mask_batch_size, sampler=mask_sampler, drop_last=True
+        mask_batches = KeyedBatches(
+            BatchSampler(mask_sampler, self.mask_batch_size, drop_last=True), stream=1
         )
+        masks = self._loader(KeyedItems(self.mask_stream), batch_sampler=mask_batches)
+        if position is not None:
+            # The mask loader cycles along the main one: it resumes at the same batch count, in its own passes.
+            main_batches.resume_within_epoch(*position)
+            mask_batches.resume_within_epoch(*position)
         # The main stream defines the epoch: a small mask set cycles along it; a larger one is cut short (and
         # reshuffled next epoch), so that an epoch never repeats main-stream batches.
         mode = "max_size_cycle" if len(masks) <= len(main) else "min_size"
@@ -184,8 +192,8 @@ def _resumed_position(trainer: pl.Trainer | None) -> tuple[int, int] | None:
     """(epoch, batches already trained in it) while fit restores a checkpoint taken inside an epoch.
 
     Lightning restarts such an epoch with a fresh loader iterator and trains only the batches it has left;
-    the identity-balanced sampler must then skip the ones trained before the checkpoint, or it would repeat
-    them and never reach the epoch's last batches.
+    the batch samplers must then skip the ones trained before the checkpoint, or they would repeat them and
+    never reach the epoch's last batches.
     """
     if trainer is None or not trainer.fit_loop.restarting:
         return None

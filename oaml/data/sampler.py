@@ -20,7 +20,6 @@ gives such epochs: as many batches as the data set has images per rank, made of 
 
 from __future__ import annotations
 
-import itertools
 from collections.abc import Iterator, Sequence
 
 import numpy as np
@@ -41,7 +40,8 @@ class IdentityBalancedBatchSampler(Sampler[list[int]]):
             else 1 and 0.
 
     Call ``set_epoch(epoch)`` before iterating for a new draw per epoch. Lightning does it through the
-    ``sampler`` attribute (see there). ``resume_within_epoch`` continues an epoch after its first batches.
+    ``sampler`` attribute (see there). A mid-epoch resume is
+    ``oaml.data.item_keys.KeyedBatches``'s job.
     Under DDP, Lightning must not wrap it in a DistributedSampler: pass ``use_distributed_sampler=False`` to the
     Trainer, since this sampler already gives each rank its own identities.
     """
@@ -108,7 +108,6 @@ class IdentityBalancedBatchSampler(Sampler[list[int]]):
         self.num_replicas = num_replicas
         self.rank = rank
         self.epoch = 0
-        self._resume: tuple[int, int] | None = None
         self._ids_per_batch = ids_per_batch
         self._ids_per_rank = ids_per_rank
         self._num_images = int(labels.size)
@@ -130,15 +129,6 @@ class IdentityBalancedBatchSampler(Sampler[list[int]]):
         """
         return self
 
-    def resume_within_epoch(self, epoch: int, batches_done: int) -> None:
-        """In ``epoch``, leave out the first ``batches_done`` batches: a run resumed from a checkpoint taken
-        inside an epoch then trains exactly the batches an uninterrupted run would have."""
-        if batches_done < 0:
-            raise ValueError(f"batches_done must be >= 0, got {batches_done}")
-        # A checkpoint taken after an epoch's last batch: Lightning draws nothing more from that epoch and
-        # the next one starts whole (an emptied iterator would instead make it skip the next epoch).
-        self._resume = (int(epoch), int(batches_done)) if batches_done < len(self) else None
-
     @property
     def _batches_per_pass(self) -> int:
         return self._ids_per_rank // self._ids_per_batch
@@ -150,11 +140,6 @@ class IdentityBalancedBatchSampler(Sampler[list[int]]):
         return self._batches_per_pass
 
     def __iter__(self) -> Iterator[list[int]]:
-        skip = self._resume[1] if self._resume is not None and self._resume[0] == self.epoch else 0
-        # The skipped batches are still drawn, so that the rest come from the same random stream.
-        return itertools.islice(self._draw_epoch(), skip, None)
-
-    def _draw_epoch(self) -> Iterator[list[int]]:
         rng = np.random.default_rng([self.seed, self.epoch, self.rank, self.num_replicas])
         k = self.num_instances
         remaining = len(self)

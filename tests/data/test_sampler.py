@@ -153,20 +153,3 @@ def test_lightning_reaches_set_epoch_through_the_loader() -> None:
     epoch0 = list(sampler)
     _set_sampler_epoch(loader, 3)
     assert sampler.epoch == 3 and list(sampler) != epoch0
-
-
-def test_resume_within_epoch_yields_exactly_the_batches_left() -> None:
-    labels = np.repeat(np.arange(16), 4)
-    sampler = IdentityBalancedBatchSampler(labels, batch_size=8, num_instances=4, seed=5)
-    sampler.set_epoch(2)
-    whole = list(sampler)
-    assert len(whole) == 8
-    sampler.resume_within_epoch(epoch=2, batches_done=3)
-    assert list(sampler) == whole[3:]
-    sampler.set_epoch(3)  # later epochs are whole again
-    assert len(list(sampler)) == 8
-    # After an epoch's last batch there is nothing to leave out: the next epoch starts whole.
-    sampler.resume_within_epoch(epoch=3, batches_done=8)
-    assert len(list(sampler)) == 8
-    with pytest.raises(ValueError, match="batches_done"):
-        sampler.resume_within_epoch(epoch=0, batches_done=-1)
