@@ -8,6 +8,7 @@ import torch.nn.functional as F
 
 from oaml.evaluation.scoring import FaceFeatures, embed_faces, score_pairs, split_pairs
 from oaml.models import IResNet, QAConv
+from oaml.models.score_norm import ImpostorScoreNorm
 
 # Three stride-2 stages after a stride-2 stem: 112 -> 7, as ir_nano, but smaller.
 TINY = dict(
@@ -108,3 +109,23 @@ def test_missing_fusion_weight_names_the_config_key(features: FaceFeatures, miss
     del fusion[missing]
     with pytest.raises(ValueError, match=rf"val\.fusion\.{missing}"):
         score_pairs(first, second, matcher, fusion)
+
+
+def test_impostor_normalised_fusion(features: FaceFeatures) -> None:
+    """``normalize: impostor`` adds the z-scores of both branches; before any statistics it falls back to the
+    fixed formula; an unknown normalisation names the key."""
+    first, second = split_pairs(features)
+    matcher = QAConv(32, 7, 7, weighting="covisible").eval()
+    fusion = {"normalize": "impostor", "adaface": 0.3, "qaconv": 0.7}
+    norm = ImpostorScoreNorm(("adaface", "qaconv"))
+    fixed = score_pairs(first, second, matcher, fusion, norm)
+    torch.testing.assert_close(fixed["fused"], 0.3 * fixed["adaface"] + 0.7 * torch.sigmoid(fixed["qaconv"]))
+    with torch.no_grad():
+        norm.mean.copy_(torch.tensor([0.1, -2.0]))
+        norm.var.copy_(torch.tensor([0.04, 9.0]))
+        norm.num_updates.fill_(1)
+    scores = score_pairs(first, second, matcher, fusion, norm)
+    expected = 0.3 * (scores["adaface"] - 0.1) / 0.2 + 0.7 * (scores["qaconv"] + 2.0) / 3.0
+    torch.testing.assert_close(scores["fused"], expected)
+    with pytest.raises(ValueError, match=r"val\.fusion\.normalize"):
+        score_pairs(first, second, matcher, {**fusion, "normalize": "zscore"}, norm)
