@@ -15,6 +15,7 @@ Datasets arrive already constructed (Hydra instantiates them from ``data.train``
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Mapping
 from typing import Any
 
@@ -28,6 +29,12 @@ from oaml.data.mask_stream import MaskStream, provides_visibility
 from oaml.data.normalize import check_channel_order, normalize_faces
 from oaml.data.pair_sharding import BlockShardSampler, IndexedFaces, IndexedPairs
 from oaml.data.sampler import IdentityBalancedBatchSampler
+
+# Lightning warns on every mid-epoch resume that the loaders cannot resume; these can (KeyedBatches skips the
+# batches trained before the checkpoint; tests/training/test_kill_resume.py compares the final metrics).
+warnings.filterwarnings(
+    "ignore", message="You're resuming from a checkpoint that ended before the epoch ended"
+)
 
 
 class OAMLDataModule(pl.LightningDataModule):

@@ -25,19 +25,32 @@ import lightning.pytorch as pl
 
 
 class LastCheckpoint(pl.Callback):
-    """Write ``dirpath/filename.ckpt`` after every ``every_n_epochs``-th epoch and after the run's final step.
+    """Write ``dirpath/filename.ckpt`` after every ``every_n_epochs``-th epoch, every ``every_n_train_steps``-th
+    step (None: never in mid-epoch) and after the run's final step.
 
-    The final step is the one that reaches ``trainer.max_steps``, or the last batch of the last epoch, so a
+    Long epochs (an MS1MV2 epoch is 11k steps at batch 512) want step checkpoints: a killed job then loses at
+    most ``every_n_train_steps`` steps, and the resume from mid-epoch is exact (``oaml.data.item_keys``). The
+    final step is the one that reaches ``trainer.max_steps``, or the last batch of the last epoch, so a
     run stopped by either limit always leaves its final weights (with optimizer and loop state).
     """
 
     def __init__(
-        self, dirpath: str | os.PathLike[str], filename: str = "last", every_n_epochs: int = 1
+        self,
+        dirpath: str | os.PathLike[str],
+        filename: str = "last",
+        every_n_epochs: int = 1,
+        every_n_train_steps: int | None = None,
     ) -> None:
         if every_n_epochs < 1:
-            raise ValueError(f"every_n_epochs must be >= 1, got {every_n_epochs}")
+            raise ValueError(f"callbacks.last_checkpoint.every_n_epochs must be >= 1, got {every_n_epochs}")
+        if every_n_train_steps is not None and every_n_train_steps < 1:
+            raise ValueError(
+                "callbacks.last_checkpoint.every_n_train_steps must be >= 1 or null (only at epoch ends), "
+                f"got {every_n_train_steps}"
+            )
         self.path = Path(dirpath) / f"{filename}.ckpt"
         self.every_n_epochs = every_n_epochs
+        self.every_n_train_steps = every_n_train_steps
 
     def on_train_batch_end(
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any, batch_idx: int
@@ -47,6 +60,8 @@ class LastCheckpoint(pl.Callback):
 
     def _due(self, trainer: pl.Trainer, batch_idx: int) -> bool:
         if trainer.max_steps is not None and 0 <= trainer.max_steps <= trainer.global_step:
+            return True
+        if self.every_n_train_steps and trainer.global_step % self.every_n_train_steps == 0:
             return True
         if batch_idx + 1 < trainer.num_training_batches:
             return False

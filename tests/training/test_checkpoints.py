@@ -124,3 +124,10 @@ def test_last_checkpoint_is_due_after_every_nth_epoch_and_at_the_final_step() ->
     assert due(0, 1, step=2, max_steps=2) and not due(0, 1, step=2, max_steps=3)
     with pytest.raises(ValueError, match="every_n_epochs"):
         LastCheckpoint("unused", every_n_epochs=0)
+
+    # every_n_train_steps adds mid-epoch checkpoints (steps 2, 4, 6, ...) to the epoch-end ones.
+    callback = LastCheckpoint("unused", every_n_epochs=2, every_n_train_steps=2)
+    saved = [(e, b) for e in range(3) for b in range(4) if due(e, b, step=4 * e + b + 1)]
+    assert saved == [(0, 1), (0, 3), (1, 1), (1, 3), (2, 1), (2, 3)]
+    with pytest.raises(ValueError, match="every_n_train_steps"):
+        LastCheckpoint("unused", every_n_train_steps=0)
