@@ -16,6 +16,7 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 
 from oaml.data.datamodule import OAMLDataModule
 from oaml.data.val_sets import build_mask_val_sets, build_val_sets
+from oaml.errors import report_user_errors
 from oaml.paths import CONF_DIR
 from oaml.training.build import model_from_checkpoint
 from oaml.training.checkpoint import load_checkpoint
@@ -60,6 +61,7 @@ def evaluate(cfg: DictConfig) -> dict[str, float]:
 
 
 @hydra.main(version_base="1.3", config_path=CONF_DIR, config_name="evaluate")
+@report_user_errors  # bad config values and data files: one line, no traceback
 def main(cfg: DictConfig) -> None:
     evaluate(cfg)
 

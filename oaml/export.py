@@ -27,6 +27,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 from torch import Tensor, nn
 
+from oaml.errors import ConfigError, DataError, ExistingPathError, report_user_errors
 from oaml.models.iresnet import IResNet
 from oaml.paths import CONF_DIR
 from oaml.training.checkpoint import build_part, load_checkpoint
@@ -61,7 +62,7 @@ def load_backbone_from_checkpoint(path: str | Path, trusted: bool = False) -> IR
     checkpoint = load_checkpoint(path, trusted=trusted)
     backbone = build_part(checkpoint, "backbone", path, trusted=trusted)
     if not isinstance(backbone, IResNet):
-        raise ValueError(
+        raise DataError(
             f"{path}: checkpoint['oaml']['backbone'] builds a {type(backbone).__name__}, not an IResNet"
         )
     state = {
@@ -70,11 +71,11 @@ def load_backbone_from_checkpoint(path: str | Path, trusted: bool = False) -> IR
         if k.startswith(BACKBONE_PREFIX)
     }
     if not state:
-        raise ValueError(f"{path}: no '{BACKBONE_PREFIX}*' keys in its state_dict")
+        raise DataError(f"{path}: no '{BACKBONE_PREFIX}*' keys in its state_dict")
     try:
         backbone.load_state_dict(state, strict=True)
     except RuntimeError as error:
-        raise ValueError(
+        raise DataError(
             f"{path}: the weights do not fit the configured backbone "
             f"{checkpoint['oaml']['backbone']}: {error}"
         ) from error
@@ -88,9 +89,9 @@ def default_output_path(ckpt: Path, fmt: str) -> Path:
 def export_model(model: InferenceModel, fmt: str, out: Path, opset: int = 17) -> Path:
     """Write ``model`` (eval mode) to ``out`` as ONNX or TorchScript; refuses to overwrite ``out``."""
     if fmt not in FORMATS:
-        raise ValueError(f"format must be one of {sorted(FORMATS)}, got {fmt!r}")
+        raise ConfigError(f"format must be one of {sorted(FORMATS)}, got {fmt!r}")
     if out.exists():
-        raise FileExistsError(
+        raise ExistingPathError(
             f"{out} exists; refusing to overwrite it. Choose another out=PATH or remove it."
         )
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -125,14 +126,14 @@ def export(cfg: DictConfig | dict[str, Any]) -> Path:
     """Load ``cfg.ckpt``, export it as ``cfg.format`` to ``cfg.out`` (or next to the checkpoint); return the path."""
     cfg = OmegaConf.create(cfg) if isinstance(cfg, dict) else cfg
     if "ckpt" not in cfg or OmegaConf.is_missing(cfg, "ckpt") or cfg.ckpt is None:
-        raise ValueError("ckpt=PATH is required: the OAML Lightning checkpoint to export")
+        raise ConfigError("ckpt=PATH is required: the OAML Lightning checkpoint to export")
     fmt = str(cfg.get("format", "onnx"))
     if fmt not in FORMATS:
-        raise ValueError(f"format must be one of {sorted(FORMATS)}, got {fmt!r}")
+        raise ConfigError(f"format must be one of {sorted(FORMATS)}, got {fmt!r}")
     ckpt = Path(cfg.ckpt)
     out = Path(cfg.out) if cfg.get("out") else default_output_path(ckpt, fmt)
     if out.exists():  # checked before the (slow) load too
-        raise FileExistsError(
+        raise ExistingPathError(
             f"{out} exists; refusing to overwrite it. Choose another out=PATH or remove it."
         )
     backbone = load_backbone_from_checkpoint(ckpt, trusted=bool(cfg.get("trusted", False)))
@@ -142,6 +143,7 @@ def export(cfg: DictConfig | dict[str, Any]) -> Path:
 
 
 @hydra.main(version_base="1.3", config_path=CONF_DIR, config_name="export")
+@report_user_errors  # bad config values and data files: one line, no traceback
 def main(cfg: DictConfig) -> None:
     print(export(cfg))
 

@@ -16,6 +16,7 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, open_dict
 
 from oaml.data.val_sets import build_mask_val_sets, build_val_sets, resolve_monitor
+from oaml.errors import report_user_errors
 from oaml.paths import CONF_DIR
 from oaml.training.build import build_model, loss_weights_from_config
 from oaml.training.launch_env import prepare_launch
@@ -31,8 +32,9 @@ def train(cfg: DictConfig) -> dict[str, float]:
     """Train as ``cfg`` says; return the final validation metrics (also written to ``metrics.json``)."""
     loss_weights_from_config(cfg.loss)  # a negative weight fails now, not after the data is read
     prepare_launch(cfg)  # before the Trainer and the run dir: which process is which rank
-    run_dir = claim_run_dir(Path(HydraConfig.get().runtime.output_dir))
+    run_dir = Path(HydraConfig.get().runtime.output_dir)
     requeue = requeued_run(run_dir)  # a requeued SLURM job: resume its own run, never rerun a finished one
+    claim_run_dir(run_dir)
     if requeue.finished_metrics is not None:
         return requeue.finished_metrics
     pl.seed_everything(cfg.seed, workers=True)
@@ -82,6 +84,7 @@ def logged_metrics(trainer: pl.Trainer) -> dict[str, float]:
 
 
 @hydra.main(version_base="1.3", config_path=CONF_DIR, config_name="train")
+@report_user_errors  # bad config values and data files: one line, no traceback
 def main(cfg: DictConfig) -> Any:
     return search_objective(cfg, train(cfg))  # what a sweeper (Optuna) optimises
 

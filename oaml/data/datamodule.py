@@ -29,6 +29,7 @@ from oaml.data.mask_stream import MaskStream, provides_visibility
 from oaml.data.normalize import check_channel_order, normalize_faces
 from oaml.data.pair_sharding import BlockShardSampler, IndexedFaces, IndexedPairs
 from oaml.data.sampler import IdentityBalancedBatchSampler
+from oaml.errors import ConfigError
 
 # Lightning warns on every mid-epoch resume that the loaders cannot resume; these can (KeyedBatches skips the
 # batches trained before the checkpoint; tests/training/test_kill_resume.py compares the final metrics).
@@ -62,11 +63,11 @@ class OAMLDataModule(pl.LightningDataModule):
                 "for identity-balanced sampling"
             )
         if val_batch_size % 2:
-            raise ValueError(
+            raise ConfigError(
                 f"data.val_batch_size must be even so batches hold whole pairs, got {val_batch_size}"
             )
         if masks is not None and train is None:
-            raise ValueError("data.masks needs data.train: the mask stream mixes in clean main-stream faces")
+            raise ConfigError("data.masks needs data.train: the mask stream mixes in clean main-stream faces")
         self.train_set = train
         self.mask_stream = MaskStream(masks, train, mask_clean_fraction, seed) if masks is not None else None
         self.mask_batch_size = mask_batch_size
@@ -74,7 +75,7 @@ class OAMLDataModule(pl.LightningDataModule):
         self.mask_val_sets = {name: IndexedFaces(ds, name) for name, ds in (mask_val_sets or {}).items()}
         clash = sorted(set(self.val_sets) & set(self.mask_val_sets))
         if clash:
-            raise ValueError(f"val.sets and val.mask_sets both name {clash}: rename one of them")
+            raise ConfigError(f"val.sets and val.mask_sets both name {clash}: rename one of them")
         self.batch_size = batch_size
         self.num_instances = num_instances
         self.epoch_size = epoch_size
@@ -83,6 +84,11 @@ class OAMLDataModule(pl.LightningDataModule):
         self.channel_order = check_channel_order(channel_order)
         self.seed = seed
         self.pin_memory = pin_memory
+        if train is not None:
+            # The batch shape against the data, before any model is built (again per rank at fit time).
+            IdentityBalancedBatchSampler(
+                train.labels, batch_size, num_instances, num_replicas=1, rank=0, epoch_size=epoch_size
+            )
 
     @property
     def num_classes(self) -> int:
@@ -90,7 +96,7 @@ class OAMLDataModule(pl.LightningDataModule):
 
     def _require_train(self) -> Dataset:
         if self.train_set is None:
-            raise ValueError(
+            raise ConfigError(
                 "no training data: set data.train (this data module was built for evaluation only)"
             )
         return self.train_set
@@ -148,7 +154,7 @@ class OAMLDataModule(pl.LightningDataModule):
                 main_batches.resume_within_epoch(*position)
             return main
         if len(self.mask_stream) // world_size < self.mask_batch_size:
-            raise ValueError(
+            raise ConfigError(
                 f"the mask stream (data.masks: {len(self.mask_stream)} faces with the clean ones, over {world_size} "
                 f"process(es)) is smaller than one batch of data.mask_batch_size={self.mask_batch_size}; "
                 "lower data.mask_batch_size or add mask data"
@@ -178,7 +184,7 @@ class OAMLDataModule(pl.LightningDataModule):
         for name, dataset, groups, group_size, unit in shards:
             if groups < world_size:
                 # A process with nothing to score would skip the collective gather the others wait in.
-                raise ValueError(
+                raise ConfigError(
                     f"validation set '{name}' has {groups} {unit}, fewer than the {world_size} processes: each "
                     "process scores its own share; use a larger set (e.g. data.masks.val_fraction) or fewer devices"
                 )

@@ -15,6 +15,7 @@ import numpy as np
 import torch
 from PIL import Image, UnidentifiedImageError
 
+from oaml.errors import DataError, MissingFileError
 from oaml.losses.occlusion import downsample_visibility
 
 __all__ = [
@@ -43,7 +44,7 @@ def decode_image_rgb(data: bytes | bytearray | memoryview, source: str) -> np.nd
             rgb = image.convert("RGB") if image.mode != "RGB" else image
             return np.asarray(rgb, dtype=np.uint8).copy()
     except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as error:
-        raise ValueError(f"cannot decode image from {source}: {error}") from error
+        raise DataError(f"cannot decode image from {source}: {error}") from error
 
 
 def load_image_rgb(path: str | os.PathLike[str]) -> np.ndarray:
@@ -52,7 +53,7 @@ def load_image_rgb(path: str | os.PathLike[str]) -> np.ndarray:
     try:
         data = path.read_bytes()
     except OSError as error:
-        raise FileNotFoundError(f"cannot read image file {path}: {error}") from error
+        raise MissingFileError(f"cannot read image file {path}: {error}") from error
     return decode_image_rgb(data, str(path))
 
 
@@ -68,9 +69,9 @@ def load_mask(path: str | os.PathLike[str]) -> np.ndarray:
             gray = image.convert("L") if image.mode != "L" else image
             return np.asarray(gray, dtype=np.float32) / 255.0
     except FileNotFoundError as error:
-        raise FileNotFoundError(f"mask file {path} does not exist") from error
+        raise MissingFileError(f"mask file {path} does not exist") from error
     except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as error:
-        raise ValueError(f"cannot decode mask file {path}: {error}") from error
+        raise DataError(f"cannot decode mask file {path}: {error}") from error
 
 
 def resize_rgb(image: np.ndarray, size: tuple[int, int], resample: int = Image.BILINEAR) -> np.ndarray:

@@ -19,6 +19,7 @@ import torch
 from torch.utils.data import Dataset
 
 from oaml.data.decode import IMAGE_EXTENSIONS, load_image_rgb, resize_rgb, to_chw_tensor
+from oaml.errors import DataError, MissingFileError
 
 __all__ = ["ImageFolderDataset"]
 
@@ -53,7 +54,7 @@ class ImageFolderDataset(Dataset):
     ) -> None:
         root = Path(root)
         if not root.is_dir():
-            raise FileNotFoundError(f"image folder root {root} does not exist or is not a folder")
+            raise MissingFileError(f"image folder root {root} does not exist or is not a folder")
         self.extensions = tuple(e.lower() if e.startswith(".") else f".{e.lower()}" for e in extensions)
         self.root = self._identity_root(root)
         self.transform = transform
@@ -73,7 +74,7 @@ class ImageFolderDataset(Dataset):
             paths.extend(os.fsencode(os.path.join(folder, name)) for name in files)
             labels.extend([label] * len(files))
         if not paths:
-            raise ValueError(
+            raise DataError(
                 f"no images with extensions {self.extensions} in identity sub-folders of {self.root}; expected "
                 f"root/<identity>/<image> (or AdaFace's root/imgs/<label>/<image>)"
             )

@@ -17,6 +17,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
+from oaml.errors import ConfigError, DataError
 from oaml.losses.occlusion import downsample_visibility
 
 
@@ -32,9 +33,9 @@ class MaskStream(Dataset):
 
     def __init__(self, masks: Dataset, clean: Dataset, clean_fraction: float = 0.2, seed: int = 0) -> None:
         if not 0.0 <= clean_fraction < 1.0:
-            raise ValueError(f"data.mask_clean_fraction must be in [0, 1), got {clean_fraction}")
+            raise ConfigError(f"data.mask_clean_fraction must be in [0, 1), got {clean_fraction}")
         if len(masks) == 0:
-            raise ValueError("the mask set (data.masks) is empty")
+            raise DataError("the mask set (data.masks) is empty")
         self.masks = masks
         self.clean = clean
         self.feature_size = tuple(getattr(masks, "feature_size", (7, 7)))

@@ -23,6 +23,7 @@ from torch.utils.data import Dataset
 
 from oaml.data.augment import WorkerSeededGenerator
 from oaml.data.decode import IMAGE_EXTENSIONS, area_downsample, load_image_rgb, load_mask, to_chw_tensor
+from oaml.errors import ConfigError, DataError, MissingFileError
 
 __all__ = ["NiqabMaskDataset", "split_names"]
 
@@ -33,9 +34,9 @@ def split_names(names: list[str], split: str, val_fraction: float, seed: int) ->
     give the same split, and adding a few images moves at most as many existing names between the splits
     (a permutation of the sorted names would reshuffle all of them and leak validation faces into training)."""
     if split not in ("train", "val", "all"):
-        raise ValueError(f"split must be 'train', 'val' or 'all', got {split!r}")
+        raise ConfigError(f"split must be 'train', 'val' or 'all', got {split!r}")
     if not 0.0 <= val_fraction < 1.0:
-        raise ValueError(f"val_fraction must be in [0, 1), got {val_fraction}")
+        raise ConfigError(f"val_fraction must be in [0, 1), got {val_fraction}")
     ordered = sorted(names)
     if split == "all":
         return ordered
@@ -78,22 +79,20 @@ class NiqabMaskDataset(Dataset):
         crop_scale: tuple[float, float] = (0.85, 1.0),
     ) -> None:
         if orphans not in ("warn", "error"):
-            raise ValueError(f"orphans must be 'warn' or 'error', got {orphans!r}")
+            raise ConfigError(f"orphans must be 'warn' or 'error', got {orphans!r}")
         if not (0.0 < crop_scale[0] <= crop_scale[1] <= 1.0):
-            raise ValueError(f"crop_scale must satisfy 0 < low <= high <= 1, got {crop_scale}")
+            raise ConfigError(f"crop_scale must satisfy 0 < low <= high <= 1, got {crop_scale}")
         self.root = Path(root)
         self.image_root = self.root / image_dir
         self.mask_root = self.root / mask_dir
         for folder, what in ((self.image_root, "image_dir"), (self.mask_root, "mask_dir")):
             if not folder.is_dir():
-                raise FileNotFoundError(
-                    f"mask dataset folder {folder} does not exist (check root and {what})"
-                )
+                raise MissingFileError(f"mask dataset folder {folder} does not exist (check root and {what})")
         self.mask_suffix, self.mask_ext = mask_suffix, mask_ext
         self.image_size = int(image_size)
         if feature_size is None:  # the IResNet feature map: input / 16 (7x7 at 112, 14x14 at 224)
             if self.image_size % 16:
-                raise ValueError(
+                raise ConfigError(
                     f"image_size {image_size} is not a multiple of 16; give feature_size explicitly"
                 )
             feature_size = (self.image_size // 16, self.image_size // 16)
@@ -108,12 +107,12 @@ class NiqabMaskDataset(Dataset):
         self._report_orphans(without_mask, without_image, orphans)
         paired = [name for name in images if name in masks]
         if not paired:
-            raise ValueError(
+            raise DataError(
                 f"no image in {self.image_root} has a mask '{{name}}{mask_suffix}{mask_ext}' in {self.mask_root}"
             )
         self.names = split_names(paired, split, val_fraction, split_seed)
         if not self.names:
-            raise ValueError(
+            raise ConfigError(
                 f"split {split!r} of {len(paired)} mask pairs is empty (val_fraction={val_fraction})"
             )
         self._image_files = [images[name] for name in self.names]
@@ -127,7 +126,7 @@ class NiqabMaskDataset(Dataset):
                 stem, ext = os.path.splitext(entry.name)
                 if entry.is_file() and ext.lower() in IMAGE_EXTENSIONS:
                     if stem in found:
-                        raise ValueError(
+                        raise DataError(
                             f"{self.image_root}: two images named {stem!r} ({found[stem]}, {entry.name})"
                         )
                     found[stem] = entry.name
@@ -160,7 +159,7 @@ class NiqabMaskDataset(Dataset):
             f"{len(without_image)} masks without an image (first: {without_image[:10]})"
         )
         if orphans == "error":
-            raise ValueError(message + "; remove them or pass orphans='warn' to skip them")
+            raise DataError(message + "; remove them or pass orphans='warn' to skip them")
         warnings.warn(message + "; they are skipped", stacklevel=3)
 
     def __len__(self) -> int:

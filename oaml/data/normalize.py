@@ -10,12 +10,14 @@ from __future__ import annotations
 
 import torch
 
+from oaml.errors import ConfigError
+
 CHANNEL_ORDERS = ("rgb", "bgr")
 
 
 def check_channel_order(channel_order: str) -> str:
     if channel_order not in CHANNEL_ORDERS:
-        raise ValueError(
+        raise ConfigError(
             f"data.channel_order must be one of {CHANNEL_ORDERS}, got {channel_order!r} "
             "(use bgr for AdaFace checkpoints, rgb for InsightFace ones and for models trained here)"
         )

@@ -15,6 +15,7 @@ import torch
 from torch.utils.data import Dataset
 
 from oaml.data.occluders import OCCLUDER_TYPES, apply_occluder
+from oaml.errors import ConfigError
 
 
 class OccludedPairs(Dataset):
@@ -23,7 +24,7 @@ class OccludedPairs(Dataset):
     def __init__(self, pairs: Dataset, kinds: Sequence[str] = OCCLUDER_TYPES, seed: int = 0) -> None:
         unknown = sorted(set(kinds) - set(OCCLUDER_TYPES))
         if unknown or not kinds:
-            raise ValueError(f"occluder kinds {unknown or list(kinds)} are not in {OCCLUDER_TYPES}")
+            raise ConfigError(f"occluder kinds {unknown or list(kinds)} are not in {OCCLUDER_TYPES}")
         self.pairs = pairs
         self.kinds = tuple(kinds)
         self.seed = seed

@@ -21,6 +21,7 @@ from oaml.data.recordio_format import (
     as_class_index,
     unpack_image_record,
 )
+from oaml.errors import DataError, MissingFileError
 
 
 def _resolve_paths(root_or_rec_path: str | os.PathLike[str], name: str) -> tuple[Path, Path]:
@@ -30,10 +31,10 @@ def _resolve_paths(root_or_rec_path: str | os.PathLike[str], name: str) -> tuple
     if path.suffix == ".rec":
         return path, path.with_suffix(".idx")
     if not path.exists():
-        raise FileNotFoundError(
+        raise MissingFileError(
             f"RecordIO path {path} does not exist (give a folder holding {name}.rec or a .rec)"
         )
-    raise ValueError(f"RecordIO path {path} is neither a folder nor a .rec file")
+    raise DataError(f"RecordIO path {path} is neither a folder nor a .rec file")
 
 
 class RecordIODataset(Dataset):
@@ -63,7 +64,7 @@ class RecordIODataset(Dataset):
         self.image_size = image_size
         self.image_keys, self.labels = self._index_images()
         if self.labels.size == 0:
-            raise ValueError(f"{rec_path} holds no image records")
+            raise DataError(f"{rec_path} holds no image records")
         self.num_classes = int(self.labels.max()) + 1
         distinct = np.unique(self.labels).size
         if distinct != self.num_classes:
@@ -88,15 +89,15 @@ class RecordIODataset(Dataset):
     def _index_from_identity_records(self, header: ImageRecordHeader) -> tuple[np.ndarray, np.ndarray]:
         records = self.record_file
         if header.flag < 2:
-            raise ValueError(f"{records.rec_path}: header record 0 has flag {header.flag}, expected 2 labels")
+            raise DataError(f"{records.rec_path}: header record 0 has flag {header.flag}, expected 2 labels")
         id_start, id_end = (int(v) for v in header.labels[:2])
         if not 1 <= id_start <= id_end:
-            raise ValueError(
+            raise DataError(
                 f"{records.rec_path}: header record 0 has bad identity range [{id_start}, {id_end})"
             )
         image_keys = np.arange(1, id_start, dtype=np.int64)
         if image_keys.size == 0 or id_end == id_start:
-            raise ValueError(f"{records.rec_path}: header record 0 announces no images or no identities")
+            raise DataError(f"{records.rec_path}: header record 0 announces no images or no identities")
         self._require_keys(image_keys, "image")
         self._require_keys(np.arange(id_start, id_end, dtype=np.int64), "identity")
         labels = np.full(image_keys.size, -1, dtype=np.int64)
@@ -104,22 +105,22 @@ class RecordIODataset(Dataset):
         for class_index, key in enumerate(range(id_start, id_end)):
             identity = records.read_header(key)
             if identity.flag < 2:
-                raise ValueError(f"{records.rec_path}: identity record key {key} has no [first, last) range")
+                raise DataError(f"{records.rec_path}: identity record key {key} has no [first, last) range")
             first, last = (int(v) for v in identity.labels[:2])
             if not 1 <= first <= last <= id_start:
-                raise ValueError(
+                raise DataError(
                     f"{records.rec_path}: identity record key {key} gives image range [{first}, {last}) outside "
                     f"the image keys 1..{id_start - 1}"
                 )
             if (labels[first - 1 : last - 1] >= 0).any():
-                raise ValueError(
+                raise DataError(
                     f"{records.rec_path}: identity record key {key} range [{first}, {last}) overlaps another identity"
                 )
             labels[first - 1 : last - 1] = class_index
             first_keys[class_index] = first if last > first else 0
         unlabelled = np.flatnonzero(labels < 0)
         if unlabelled.size:
-            raise ValueError(
+            raise DataError(
                 f"{records.rec_path}: {unlabelled.size} image keys (first {int(image_keys[unlabelled[0]])}) belong "
                 f"to no identity record"
             )
@@ -131,7 +132,7 @@ class RecordIODataset(Dataset):
                 continue
             stored = records.read_header(key).first_label
             if stored != class_index:
-                raise ValueError(
+                raise DataError(
                     f"{records.rec_path}: image key {key} has label {stored} in its header but belongs to "
                     f"identity record {class_index}; this rec's identity records do not follow its labels"
                 )
@@ -154,7 +155,7 @@ class RecordIODataset(Dataset):
         records = self.record_file
         missing = records.missing_keys(keys)
         if missing.size:
-            raise ValueError(
+            raise DataError(
                 f"{records.idx_path}: {missing.size} {kind} keys announced by header record 0 of "
                 f"{records.rec_path} are not in the index (first: {missing[:5].tolist()})"
             )
@@ -169,7 +170,7 @@ class RecordIODataset(Dataset):
         label = int(self.labels[index])
         stored = header.first_label
         if stored != label:
-            raise ValueError(
+            raise DataError(
                 f"{source}: the image header says label {stored} but the "
                 f"{'identity records say' if self._labels_from_identities else 'label index says'} {label}"
             )

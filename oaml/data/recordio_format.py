@@ -34,6 +34,8 @@ from typing import Any, BinaryIO
 
 import numpy as np
 
+from oaml.errors import DataError, MissingFileError
+
 __all__ = [
     "MAGIC",
     "ImageRecordHeader",
@@ -87,13 +89,13 @@ def pack_image_record(label: float | Sequence[float], image: bytes, id: int = 0,
 def unpack_image_record(payload: bytes, source: str = "record") -> tuple[ImageRecordHeader, bytes]:
     """Split a record payload into its header and the encoded image bytes (`mxnet.recordio.unpack`)."""
     if len(payload) < _IR_HEADER.size:
-        raise ValueError(
+        raise DataError(
             f"{source}: payload of {len(payload)} bytes is shorter than the {_IR_HEADER.size}-byte image header"
         )
     flag, label, id_, id2 = _IR_HEADER.unpack_from(payload)
     body_start = _IR_HEADER.size + 4 * flag
     if len(payload) < body_start:
-        raise ValueError(f"{source}: header announces {flag} float labels but the payload ends before them")
+        raise DataError(f"{source}: header announces {flag} float labels but the payload ends before them")
     labels = tuple(float(v) for v in np.frombuffer(payload, dtype="<f4", count=flag, offset=_IR_HEADER.size))
     return ImageRecordHeader(flag, label, id_, id2, labels), payload[body_start:]
 
@@ -249,7 +251,7 @@ def _write_face_set(writer: RecordIOWriter, items: Iterable[tuple[bytes, Any]]) 
 def as_class_index(label: Any, where: str) -> int:
     value = np.asarray(label, dtype=np.float64).reshape(-1)
     if value.size != 1 or not float(value[0]).is_integer() or value[0] < 0:
-        raise ValueError(f"{where}: label {label!r} is not a non-negative integer class index")
+        raise DataError(f"{where}: label {label!r} is not a non-negative integer class index")
     return int(value[0])
 
 
@@ -270,7 +272,7 @@ def _read_index(idx_path: Path) -> tuple[np.ndarray, np.ndarray]:
     if numbers is None or numbers.size != 2 * tabs or raw.count(b"\n") + 1 < tabs:
         _raise_for_malformed_index(idx_path, raw)
     if tabs == 0:
-        raise ValueError(f"{idx_path} lists no records")
+        raise DataError(f"{idx_path} lists no records")
     pairs = numbers.reshape(-1, 2)
     return pairs[:, 0].copy(), pairs[:, 1].copy()
 
@@ -281,10 +283,10 @@ def _raise_for_malformed_index(idx_path: Path, raw: bytes) -> None:
             continue
         fields = line.split("\t")
         if len(fields) != 2 or not all(f.strip().lstrip("-").isdigit() for f in fields):
-            raise ValueError(
+            raise DataError(
                 f"{idx_path}:{line_number}: expected 'key<TAB>offset' with integers, got {line!r}"
             )
-    raise ValueError(f"{idx_path} is not a RecordIO index of 'key<TAB>offset' lines")
+    raise DataError(f"{idx_path} is not a RecordIO index of 'key<TAB>offset' lines")
 
 
 def rebuild_index(rec_path: str | os.PathLike[str], idx_path: str | os.PathLike[str] | None = None) -> Path:
@@ -321,20 +323,20 @@ def _read_framed(
     while True:
         frame = handle.read(_FRAME.size)
         if len(frame) < _FRAME.size:
-            raise ValueError(
+            raise DataError(
                 f"{rec_path}: record key {key} is truncated: the file ends at byte {size} inside the "
                 f"framing at byte {position} (the .rec is incomplete; re-download or re-pack it)"
             )
         magic, lrec = _FRAME.unpack(frame)
         if magic != MAGIC:
-            raise ValueError(
+            raise DataError(
                 f"{rec_path}: bad magic word 0x{magic:08X} at byte {position} for key {key} (expected "
                 f"0x{MAGIC:08X}); the .idx does not match this .rec, or the file is not MXNet RecordIO"
             )
         flag, length = lrec >> 29, lrec & _LENGTH_MASK
         expected_flags = (_WHOLE, _START) if not parts else (_MIDDLE, _END)
         if flag not in expected_flags:
-            raise ValueError(
+            raise DataError(
                 f"{rec_path}: record key {key} has continuation flag {flag} at byte {position}, expected "
                 f"one of {expected_flags}; the record framing is corrupt"
             )
@@ -374,9 +376,9 @@ class RecordIOFile:
         self.rec_path = Path(rec_path)
         self.idx_path = Path(idx_path) if idx_path is not None else self.rec_path.with_suffix(".idx")
         if not self.rec_path.is_file():
-            raise FileNotFoundError(f"RecordIO file {self.rec_path} does not exist")
+            raise MissingFileError(f"RecordIO file {self.rec_path} does not exist")
         if not self.idx_path.is_file():
-            raise FileNotFoundError(
+            raise MissingFileError(
                 f"index file {self.idx_path} for {self.rec_path} does not exist; write one with "
                 f"oaml.data.recordio_format.rebuild_index('{self.rec_path}') (one sequential pass over the .rec)"
             )
@@ -385,7 +387,7 @@ class RecordIOFile:
         outside = (offsets < 0) | (offsets >= self.size)
         if outside.any():
             bad = int(keys[np.argmax(outside)])
-            raise ValueError(
+            raise DataError(
                 f"{self.idx_path}: key {bad} points to an offset outside {self.rec_path} ({self.size} bytes): "
                 f"the index key is not in the .rec (wrong or outdated .idx, or a truncated .rec)"
             )
@@ -395,9 +397,7 @@ class RecordIOFile:
         self._sorted_keys, self._sorted_offsets = keys[order], offsets[order]
         repeated = np.flatnonzero(np.diff(self._sorted_keys) == 0)
         if repeated.size:
-            raise ValueError(
-                f"{self.idx_path} lists key {int(self._sorted_keys[repeated[0]])} more than once"
-            )
+            raise DataError(f"{self.idx_path} lists key {int(self._sorted_keys[repeated[0]])} more than once")
         self._handle: BinaryIO | None = None
         self._pid: int | None = None
 

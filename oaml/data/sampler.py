@@ -26,6 +26,8 @@ import numpy as np
 import torch.distributed as dist
 from torch.utils.data import Sampler
 
+from oaml.errors import ConfigError, DataError
+
 
 class IdentityBalancedBatchSampler(Sampler[list[int]]):
     """Batch sampler yielding lists of dataset indices: ``batch_size // num_instances`` identities x K images.
@@ -57,47 +59,47 @@ class IdentityBalancedBatchSampler(Sampler[list[int]]):
         epoch_size: str = "identities",
     ) -> None:
         if epoch_size not in ("identities", "images"):
-            raise ValueError(
+            raise ConfigError(
                 f"IdentityBalancedBatchSampler: epoch_size (data.epoch_size) must be 'identities' or 'images', "
                 f"got {epoch_size!r}"
             )
         self.epoch_size = epoch_size
         labels = np.asarray(labels)
         if labels.ndim != 1 or labels.size == 0 or not np.issubdtype(labels.dtype, np.integer):
-            raise ValueError(
+            raise DataError(
                 f"IdentityBalancedBatchSampler: labels must be a non-empty 1-D sequence of ints, got shape "
                 f"{labels.shape} dtype {labels.dtype}"
             )
         if not isinstance(num_instances, int) or num_instances < 2:
-            raise ValueError(
-                f"IdentityBalancedBatchSampler: num_instances must be an int >= 2 (images per identity, so that "
+            raise ConfigError(
+                f"data.num_instances must be an int >= 2 (images per identity, so that "
                 f"each has a positive), got {num_instances!r}"
             )
         if not isinstance(batch_size, int) or batch_size < num_instances or batch_size % num_instances:
-            raise ValueError(
-                f"IdentityBalancedBatchSampler: batch_size ({batch_size!r}) must be a positive multiple of "
-                f"num_instances ({num_instances}); e.g. batch_size={max(2, batch_size // num_instances) * num_instances}"
+            raise ConfigError(
+                f"data.batch_size={batch_size!r} is not a multiple of data.num_instances={num_instances} (a batch is "
+                f"P identities x K images); e.g. data.batch_size={max(2, batch_size // num_instances) * num_instances}"
             )
         num_replicas, rank = _resolve_world(num_replicas, rank)
 
         identities, inverse = np.unique(labels, return_inverse=True)
         if len(identities) < 2:
-            raise ValueError(
-                f"IdentityBalancedBatchSampler: labels hold {len(identities)} identity; matching losses need at "
+            raise DataError(
+                f"the training data holds {len(identities)} identity; matching losses need at "
                 "least 2 (negatives)"
             )
         ids_per_batch = batch_size // num_instances
         if ids_per_batch < 2:
-            raise ValueError(
-                f"IdentityBalancedBatchSampler: batch_size={batch_size} with num_instances={num_instances} gives "
-                "1 identity per batch, so no negatives; use batch_size >= 2 * num_instances"
+            raise ConfigError(
+                f"data.batch_size={batch_size} with data.num_instances={num_instances} gives 1 identity per batch, "
+                "so no negatives; use data.batch_size >= 2 * data.num_instances"
             )
         ids_per_rank = len(identities) // num_replicas
         if ids_per_rank < ids_per_batch:
-            raise ValueError(
-                f"IdentityBalancedBatchSampler: {len(identities)} identities over num_replicas={num_replicas} give "
-                f"{ids_per_rank} per rank, fewer than the {ids_per_batch} a batch needs (batch_size={batch_size} "
-                f"// num_instances={num_instances}); lower batch_size or raise num_instances"
+            raise ConfigError(
+                f"the training data has {len(identities)} identities, {ids_per_rank} for each of {num_replicas} "
+                f"process(es), fewer than the {ids_per_batch} a batch needs (data.batch_size={batch_size} // "
+                f"data.num_instances={num_instances}); lower data.batch_size or raise data.num_instances"
             )
         order = np.argsort(inverse, kind="stable")
         bounds = np.cumsum(np.bincount(inverse, minlength=len(identities)))[:-1]

@@ -13,12 +13,13 @@ from torch.utils.data import Dataset
 
 from oaml.data.occluded_pairs import OccludedPairs
 from oaml.data.verification import BinVerificationDataset, PairListDataset
+from oaml.errors import ConfigError
 
 
 def build_val_sets(val_cfg: Mapping[str, Any], seed: int = 0, image_size: int = 112) -> dict[str, Dataset]:
     pairs, bin_file = val_cfg.get("pairs"), val_cfg.get("bin")
     if pairs and bin_file:
-        raise ValueError("give either val.pairs or val.bin, not both")
+        raise ConfigError("give either val.pairs or val.bin, not both")
     if not (pairs or bin_file):
         sets = instantiate(val_cfg.get("sets")) or {}
         return dict(sets)
@@ -55,7 +56,7 @@ def resolve_monitor(
         return default
     parts = monitor.split("/")
     if len(parts) != 3 or parts[0] != "val" or parts[1] not in val_set_names:
-        raise ValueError(
+        raise ConfigError(
             f"val.monitor={monitor!r} names no validation set of this run ({list(val_set_names)}); "
             f"use e.g. val.monitor={default}, or val.monitor=null for that default"
         )

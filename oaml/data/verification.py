@@ -20,6 +20,7 @@ import torch
 from torch.utils.data import Dataset
 
 from oaml.data.decode import decode_image_rgb, load_image_rgb, resize_rgb, to_chw_tensor
+from oaml.errors import ConfigError, DataError, MissingFileError
 
 __all__ = ["STANDARD_VAL_SETS", "BinVerificationDataset", "PairListDataset", "load_bin", "standard_val_sets"]
 
@@ -32,7 +33,7 @@ _CACHE_VERSION = 1
 def _as_size(image_size: int | tuple[int, int]) -> tuple[int, int]:
     size = (image_size, image_size) if isinstance(image_size, int) else tuple(image_size)
     if len(size) != 2 or min(size) <= 0:
-        raise ValueError(f"image_size must be a positive int or (height, width), got {image_size!r}")
+        raise ConfigError(f"image_size must be a positive int or (height, width), got {image_size!r}")
     return int(size[0]), int(size[1])
 
 
@@ -67,22 +68,20 @@ def load_bin(path: str | os.PathLike[str]) -> tuple[list[bytes], np.ndarray]:
     """
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"verification set {path} does not exist")
+        raise MissingFileError(f"verification set {path} does not exist")
     try:
         with open(path, "rb") as handle:
             content = _BinUnpickler(handle, encoding="bytes").load()
     except (pickle.UnpicklingError, EOFError, ValueError, TypeError, AttributeError, ImportError) as error:
-        raise ValueError(
+        raise DataError(
             f"{path} is not an InsightFace verification .bin (pickle of images, issame): {error}"
         ) from error
     if not (isinstance(content, (tuple, list)) and len(content) == 2):
-        raise ValueError(f"{path}: expected a pickled (images, issame) pair, got {type(content).__name__}")
+        raise DataError(f"{path}: expected a pickled (images, issame) pair, got {type(content).__name__}")
     images, issame = content
     issame = np.asarray(list(issame), dtype=bool)
     if len(images) != 2 * issame.size:
-        raise ValueError(
-            f"{path}: {len(images)} images for {issame.size} pairs; expected two images per pair"
-        )
+        raise DataError(f"{path}: {len(images)} images for {issame.size} pairs; expected two images per pair")
     encoded = [item.tobytes() if isinstance(item, np.ndarray) else bytes(item) for item in images]
     return encoded, issame
 
@@ -106,7 +105,7 @@ class BinVerificationDataset(Dataset):
     ) -> None:
         self.path = Path(path)
         if not self.path.is_file():
-            raise FileNotFoundError(f"verification set {self.path} does not exist")
+            raise MissingFileError(f"verification set {self.path} does not exist")
         self.image_size = _as_size(image_size)
         self.name = name or self.path.stem
         height, width = self.image_size
@@ -220,7 +219,7 @@ class PairListDataset(Dataset):
     ) -> None:
         self.path = Path(path)
         if not self.path.is_file():
-            raise FileNotFoundError(f"pair list {self.path} does not exist")
+            raise MissingFileError(f"pair list {self.path} does not exist")
         self.image_size = _as_size(image_size)
         self.name = name or self.path.stem
         files: list[str] = []
@@ -232,17 +231,17 @@ class PairListDataset(Dataset):
                 continue
             fields = text.split()
             if len(fields) != 3 or fields[2] not in ("0", "1"):
-                raise ValueError(
+                raise DataError(
                     f"{self.path}:{line_number}: expected 'path_a path_b 0|1' (paths without spaces), got {text!r}"
                 )
             for field in fields[:2]:
                 file = base / field
                 if not file.is_file():
-                    raise FileNotFoundError(f"{self.path}:{line_number}: image {file} does not exist")
+                    raise MissingFileError(f"{self.path}:{line_number}: image {file} does not exist")
                 files.append(str(file))
             flags.append(fields[2] == "1")
         if not flags:
-            raise ValueError(f"pair list {self.path} lists no pairs")
+            raise DataError(f"pair list {self.path} lists no pairs")
         self.files = files
         self.issame = np.asarray(flags, dtype=bool)
         self._warned_resize = False
@@ -271,12 +270,12 @@ def standard_val_sets(
     """`{name: root/name.bin}` for the standard verification sets; an error lists every missing one."""
     root = Path(root)
     if not root.is_dir():
-        raise FileNotFoundError(f"verification folder {root} does not exist")
+        raise MissingFileError(f"verification folder {root} does not exist")
     found = {name: root / f"{name}.bin" for name in names if (root / f"{name}.bin").is_file()}
     missing = [name for name in names if name not in found]
     if missing:
         present = sorted(p.name for p in root.glob("*.bin"))
-        raise FileNotFoundError(
+        raise MissingFileError(
             f"{root} lacks the verification sets {missing} (expected {', '.join(f'{n}.bin' for n in missing)}); "
             f".bin files present: {present or 'none'}"
         )

@@ -9,6 +9,7 @@ with the config's plain arguments, never through Hydra's (recursive) instantiati
 from __future__ import annotations
 
 import pickle
+import zipfile
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
@@ -17,6 +18,7 @@ import torch
 from hydra.utils import instantiate
 from omegaconf import OmegaConf
 
+from oaml.errors import DataError, MissingFileError
 from oaml.models import AdaFace, ArcFace, CosFace, IResNet, QAConv, build_backbone
 
 SAFE_TARGETS: dict[str, dict[str, Callable[..., Any]]] = {
@@ -39,18 +41,28 @@ def load_checkpoint(path: str | Path, trusted: bool = False) -> dict[str, Any]:
     """The checkpoint dict (with a ``state_dict``); only tensors and plain containers unless ``trusted``."""
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(
+        raise MissingFileError(
             f"checkpoint {path} does not exist (give ckpt=<run dir>/checkpoints/last.ckpt)"
+        )
+    if not zipfile.is_zipfile(path):
+        # torch.save has written zip archives since torch 1.6 (Lightning checkpoints, AdaFace's releases).
+        raise DataError(
+            f"{path} is not a PyTorch checkpoint (not the zip archive torch.save writes): a truncated download or "
+            "another kind of file? Give ckpt=<run dir>/checkpoints/last.ckpt"
         )
     try:
         checkpoint = torch.load(path, map_location="cpu", weights_only=not trusted)
-    except pickle.UnpicklingError as error:
-        raise ValueError(
+    except (pickle.UnpicklingError, RuntimeError, EOFError) as error:
+        if not isinstance(error, pickle.UnpicklingError) or trusted:
+            raise DataError(
+                f"{path} cannot be read as a PyTorch checkpoint: {str(error).splitlines()[0]}"
+            ) from error
+        raise DataError(
             f"{path} holds objects that safe loading refuses; if you trust this file, rerun with trusted=true "
             f"({str(error).splitlines()[0]})"
         ) from error
     if not isinstance(checkpoint, dict) or "state_dict" not in checkpoint:
-        raise ValueError(f"{path} is not a Lightning checkpoint: no 'state_dict' entry")
+        raise DataError(f"{path} is not a Lightning checkpoint: no 'state_dict' entry")
     return checkpoint
 
 
@@ -62,7 +74,7 @@ def build_part(
     where = f"checkpoint['oaml']['{part}']"
     cfg = (checkpoint.get("oaml") or {}).get(part)
     if not cfg or "_target_" not in cfg:
-        raise ValueError(
+        raise DataError(
             f"{source} lacks {where} (the {part}'s config with a _target_): was it written by oaml.train? "
             "(AdaFace .ckpt files are imported with oaml.models.load_adaface_checkpoint)"
         )
@@ -72,14 +84,14 @@ def build_part(
     target = cfg.pop("_target_")
     allowed = SAFE_TARGETS[part]
     if target not in allowed:
-        raise ValueError(
+        raise DataError(
             f"{source}: {where}['_target_'] = {target!r} is not an OAML {part} (allowed: {', '.join(allowed)}); "
             "refusing to run it. Pass trusted=true only for files you trust."
         )
     special = sorted(k for k in map(str, cfg) if k.startswith("_") and k.endswith("_"))
     nested = _nested_targets(cfg, where)
     if special or nested:
-        raise ValueError(
+        raise DataError(
             f"{source}: {where} may hold only plain arguments of {target}, found "
             f"{', '.join(special + [n + '._target_' for n in nested])}; refusing to instantiate it. "
             "Pass trusted=true only for files you trust."
@@ -87,7 +99,7 @@ def build_part(
     try:
         return allowed[target](**cfg, **derived)
     except TypeError as error:
-        raise ValueError(f"{source}: {where} does not fit {target}: {error}") from error
+        raise DataError(f"{source}: {where} does not fit {target}: {error}") from error
 
 
 def _nested_targets(value: Any, where: str) -> list[str]:

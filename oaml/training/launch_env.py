@@ -29,6 +29,8 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import DictConfig
 
+from oaml.errors import ConfigError
+
 # Strategies whose launcher starts the other ranks from inside this process (torch.multiprocessing);
 # every other multi-process strategy (ddp, fsdp, deepspeed, auto with several devices) re-executes sys.argv.
 SELF_SPAWNING_WORDS = ("spawn", "fork", "notebook")
@@ -67,7 +69,7 @@ def _count_devices(devices: Any, accelerator: str) -> int:
         return devices
     if devices == -1 and uses_cuda:
         return torch.cuda.device_count()
-    raise ValueError(
+    raise ConfigError(
         f"trainer.devices={devices!r} with trainer.accelerator={accelerator!r} names no process count; "
         "use a positive number (trainer.devices=2), a list of device indices, or 'auto'"
     )
@@ -89,7 +91,7 @@ def process_layout(trainer_cfg: Mapping[str, Any]) -> ProcessLayout:
     strategy, spawns_itself = _strategy_name(trainer_cfg.get("strategy", "auto"))
     num_nodes = int(trainer_cfg.get("num_nodes", 1))
     if num_nodes < 1:
-        raise ValueError(f"trainer.num_nodes={num_nodes} must be at least 1")
+        raise ConfigError(f"trainer.num_nodes={num_nodes} must be at least 1")
     return ProcessLayout(
         devices_per_node=_count_devices(trainer_cfg.get("devices", "auto"), accelerator),
         num_nodes=num_nodes,
@@ -115,21 +117,21 @@ def _check_submitit_tasks(layout: ProcessLayout, executor: str, tasks_per_node: 
     """The job's real tasks must be the trainer's processes: one per device, on as many nodes."""
     launcher = f"hydra/launcher={executor}"
     if nodes != layout.num_nodes:
-        raise ValueError(
+        raise ConfigError(
             f"this {launcher} job runs on {nodes} node(s) but trainer.num_nodes={layout.num_nodes}: "
             "set hydra.launcher.nodes and trainer.num_nodes to the same number (the launcher configs default "
             "to hydra.launcher.nodes=${trainer.num_nodes})"
         )
     if layout.spawns_itself and layout.world_size > 1:
         if tasks_per_node != 1:
-            raise ValueError(
+            raise ConfigError(
                 f"trainer.strategy={layout.strategy} starts its own {layout.devices_per_node} processes, but this "
                 f"{launcher} job already has hydra.launcher.tasks_per_node={tasks_per_node}: set "
                 "hydra.launcher.tasks_per_node=1, or use trainer.strategy=ddp with one task per device"
             )
         return
     if tasks_per_node != layout.devices_per_node:
-        raise ValueError(
+        raise ConfigError(
             f"this {launcher} job has hydra.launcher.tasks_per_node={tasks_per_node} but the trainer expects "
             f"{layout.devices_per_node} process(es) per node (trainer.devices="
             f"{layout.devices_per_node}, trainer.strategy={layout.strategy}): each task must be one device's "
@@ -153,7 +155,7 @@ def prepare_launch(cfg: DictConfig) -> ProcessLayout:
         _check_submitit_tasks(layout, executor, job.num_tasks // job.num_nodes, job.num_nodes)
         job_name = os.environ.get("SLURM_JOB_NAME")
         if executor == "slurm" and job.num_tasks > 1 and job_name in SLURM_NAMES_LIGHTNING_IGNORES:
-            raise ValueError(
+            raise ConfigError(
                 f"hydra.launcher.name={job_name} makes Lightning ignore SLURM (it reserves the job names "
                 f"{SLURM_NAMES_LIGHTNING_IGNORES} for interactive sessions), so it would not read the ranks "
                 "of this job's tasks: choose another hydra.launcher.name"
@@ -170,7 +172,7 @@ def prepare_launch(cfg: DictConfig) -> ProcessLayout:
         and not layout.spawns_itself
         and not _ranks_started_externally()
     ):
-        raise ValueError(
+        raise ConfigError(
             f"trainer.strategy={layout.strategy} with trainer.devices={layout.devices_per_node} and "
             f"trainer.num_nodes={layout.num_nodes} in a Hydra multirun under an in-process launcher "
             f"(hydra/launcher={_launcher_choice()}): Lightning would start the other ranks by re-running this "

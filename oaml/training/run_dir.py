@@ -19,6 +19,8 @@ from typing import Any
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig
 
+from oaml.errors import ExistingPathError
+
 RESULT_NAMES = ("metrics.json", "checkpoints", "tensorboard", "csv")
 # Written by the run's first start under SLURM: the id of the job (array jobs: <array id>_<task id>).
 JOB_MARKER = "slurm_job_id"
@@ -69,7 +71,7 @@ def claim_run_dir(run_dir: Path) -> Path:
         return run_dir
     taken = _results_in(run_dir)
     if taken:
-        raise FileExistsError(_refusal(run_dir, taken))
+        raise ExistingPathError(_refusal(run_dir, taken))
     run_dir.mkdir(parents=True, exist_ok=True)
     key = slurm_job_key()
     if key is not None and not owned_by_this_job(run_dir):

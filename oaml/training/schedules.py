@@ -11,6 +11,8 @@ import math
 from torch.optim import Optimizer
 from torch.optim.lr_scheduler import LambdaLR
 
+from oaml.errors import ConfigError
+
 
 def warmup_cosine(
     optimizer: Optimizer, total_steps: int, warmup_fraction: float = 0.05, min_lr_ratio: float = 0.0
@@ -21,14 +23,14 @@ def warmup_cosine(
     100k-step run alike. Step it every optimizer step (``optimizer.scheduler_interval=step``).
     """
     if total_steps <= 0:
-        raise ValueError(
+        raise ConfigError(
             f"warmup_cosine needs total_steps > 0, got {total_steps} (is trainer.max_steps or max_epochs set?)"
         )
     if not 0.0 <= warmup_fraction < 1.0:
-        raise ValueError(f"optimizer.lr_scheduler.warmup_fraction must be in [0, 1), got {warmup_fraction}")
+        raise ConfigError(f"optimizer.lr_scheduler.warmup_fraction must be in [0, 1), got {warmup_fraction}")
     warmup_steps = int(round(warmup_fraction * total_steps))
     if not 0.0 <= min_lr_ratio <= 1.0:
-        raise ValueError(f"optimizer.lr_scheduler.min_lr_ratio must be in [0, 1], got {min_lr_ratio}")
+        raise ConfigError(f"optimizer.lr_scheduler.min_lr_ratio must be in [0, 1], got {min_lr_ratio}")
 
     def factor(step: int) -> float:
         if step < warmup_steps:

@@ -86,15 +86,23 @@ def test_works_as_dataloader_batch_sampler() -> None:
 @pytest.mark.parametrize(
     ("kwargs", "message"),
     [
-        ({"batch_size": 10, "num_instances": 4}, "batch_size"),
-        ({"batch_size": 8, "num_instances": 1}, "num_instances"),
+        # The example: 30 is no multiple of 4; the message names both keys and a batch size that works.
+        (
+            {"batch_size": 30, "num_instances": 4},
+            r"data.batch_size=30 is not a multiple of data.num_instances=4.*=28",
+        ),
+        ({"batch_size": 8, "num_instances": 1}, "data.num_instances"),
         ({"batch_size": 4, "num_instances": 4}, "1 identity per batch"),
-        ({"batch_size": 200, "num_instances": 4}, "num_replicas=1"),
-        ({"batch_size": 40, "num_instances": 4, "num_replicas": 3, "rank": 0}, "num_replicas=3"),
+        # make_labels() has 23 identities: a batch of 50 needs more.
+        (
+            {"batch_size": 200, "num_instances": 4},
+            r"23 identities, 23 for each of 1 process.*fewer than the 50",
+        ),
+        ({"batch_size": 40, "num_instances": 4, "num_replicas": 3, "rank": 0}, "7 for each of 3 process"),
         ({"batch_size": 8, "num_instances": 4, "num_replicas": 2, "rank": 2}, "rank"),
     ],
 )
-def test_bad_settings_name_the_argument(kwargs: dict, message: str) -> None:
+def test_bad_settings_name_the_config_key(kwargs: dict, message: str) -> None:
     with pytest.raises(ValueError, match=message):
         IdentityBalancedBatchSampler(make_labels(), **kwargs)
 
