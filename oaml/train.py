@@ -68,6 +68,7 @@ def train(cfg: DictConfig) -> dict[str, float]:
         trainer.validate(model, datamodule=datamodule, verbose=False)
         metrics.update(logged_metrics(trainer))
     close_loggers(trainer.loggers)
+    metrics.update(datamodule.data_metrics())  # e.g. unreadable images skipped (data.on_bad_image=skip)
     metrics = dict(sorted(metrics.items()))
     if trainer.is_global_zero:
         write_metrics_json(metrics, run_dir / "metrics.json")

@@ -55,6 +55,7 @@ class OAMLDataModule(pl.LightningDataModule):
         channel_order: str = "rgb",
         seed: int = 0,
         pin_memory: bool = False,
+        on_bad_image: str = "error",
     ) -> None:
         super().__init__()
         if train is not None and not (hasattr(train, "labels") and hasattr(train, "num_classes")):
@@ -84,6 +85,8 @@ class OAMLDataModule(pl.LightningDataModule):
         self.channel_order = check_channel_order(channel_order)
         self.seed = seed
         self.pin_memory = pin_memory
+        # Applied by the readers (data.train.on_bad_image follows it); here for the report.
+        self.on_bad_image = on_bad_image
         if train is not None:
             # The batch shape against the data, before any model is built (again per rank at fit time).
             IdentityBalancedBatchSampler(
@@ -110,6 +113,15 @@ class OAMLDataModule(pl.LightningDataModule):
     def occlusion_supervised(self) -> bool:
         """Whether any training image has a known visibility target (else the occlusion loss is pointless)."""
         return self.mask_stream is not None or self.main_visibility_known
+
+    def data_metrics(self) -> dict[str, float]:
+        """Data-quality figures for ``metrics.json``: unreadable training images skipped in this run (by this
+        process and its loader workers) when ``data.on_bad_image=skip``."""
+        readers = [d for d in (self.train_set, getattr(self.mask_stream, "masks", None)) if d is not None]
+        bad = [r.bad_images for r in readers if getattr(r, "bad_images", None) is not None]
+        if not any(b.policy == "skip" for b in bad):
+            return {}
+        return {"data/bad_images_skipped": float(sum(b.count for b in bad))}
 
     @property
     def val_set_names(self) -> list[str]:

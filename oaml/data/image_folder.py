@@ -18,6 +18,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
+from oaml.data.bad_images import BadImages
 from oaml.data.decode import IMAGE_EXTENSIONS, load_image_rgb, resize_rgb, to_chw_tensor
 from oaml.errors import DataError, MissingFileError
 
@@ -42,7 +43,9 @@ class ImageFolderDataset(Dataset):
     `labels` (int64 per item) and `num_classes` are known after listing the folders, without decoding any
     image. `image_size` (height = width), when given, resizes every decoded image, for folders of aligned faces
     stored at another size than the model's input. `transform` maps (image, visibility) -> (image, visibility).
-    Identity folders without images are skipped with one warning naming them.
+    Identity folders without images are skipped with one warning naming them. An unreadable image stops
+    training with its name, or with `on_bad_image="skip"` is replaced by another image of the same identity
+    (`oaml.data.bad_images`).
     """
 
     def __init__(
@@ -51,6 +54,7 @@ class ImageFolderDataset(Dataset):
         transform: Transform | None = None,
         extensions: Sequence[str] = IMAGE_EXTENSIONS,
         image_size: int | None = None,
+        on_bad_image: str = "error",
     ) -> None:
         root = Path(root)
         if not root.is_dir():
@@ -89,6 +93,7 @@ class ImageFolderDataset(Dataset):
         self._relative_paths = np.asarray(paths, dtype=np.bytes_)
         self.labels = np.asarray(labels, dtype=np.int64)
         self.num_classes = len(self.class_names)
+        self.bad_images = BadImages(on_bad_image, self.labels, self._describe)
 
     def _identity_root(self, root: Path) -> Path:
         """`root`, or `root/imgs` when `root` holds AdaFace's layout (an `imgs/` folder and no identities)."""
@@ -103,6 +108,9 @@ class ImageFolderDataset(Dataset):
                 return adaface
         return root
 
+    def _describe(self, index: int) -> str:
+        return str(self.path(index))
+
     def path(self, index: int) -> Path:
         """File of item `index`."""
         return self.root / os.fsdecode(self._relative_paths[index])
@@ -111,7 +119,7 @@ class ImageFolderDataset(Dataset):
         return int(self.labels.size)
 
     def __getitem__(self, index: int) -> tuple[torch.Tensor, int, torch.Tensor]:
-        image = load_image_rgb(self.path(index))
+        image = self.bad_images.load(index, lambda i: load_image_rgb(self.path(i)))
         if self.image_size is not None:
             image = resize_rgb(image, (self.image_size, self.image_size))
         tensor = to_chw_tensor(image)

@@ -48,16 +48,27 @@ def split_names(names: list[str], split: str, val_fraction: float, seed: int) ->
     return [name for name in ordered if name in chosen]
 
 
+def _header_size(path: Path) -> tuple[int, int]:
+    """(width, height) from an image file's header; an unreadable file is named."""
+    try:
+        with Image.open(path) as image:
+            return image.size
+    except (OSError, ValueError, SyntaxError) as error:
+        raise DataError(f"cannot read image file {path}: {error}") from error
+
+
 class NiqabMaskDataset(Dataset):
     """Images with visibility masks; item (image uint8 [3, S, S] RGB, mask float32 [1, fh, fw] in [0, 1], index).
 
     `index` is the item's position in this dataset (`names[index]` is its file stem). `split_seed` decides
     which faces are held out (`split="val"`) and must stay the same across runs, whatever their training
     seed: a seed sweep would otherwise train on faces that other runs validate on. `seed` drives the
-    augmentation only. Images (and masks)
-    of another size are resized to `image_size`. With `augment`, a horizontal flip (probability 0.5) and a
-    random crop of `crop_scale` of the side, resized back, move image and mask together; use
-    `augment=False` for validation. Images without a mask and masks without an image are listed by name:
+    augmentation only. Images (and masks) of another size are resized to `image_size`. With `augment`, a
+    horizontal flip (probability 0.5) and a random crop of `crop_scale` of the side, resized back, move image
+    and mask together; use `augment=False` for validation. Every mask must have its image's size (checked
+    from the file headers at start-up: `DataError` naming the files). Grey levels are fractional visibility:
+    255 visible, 0 hidden, 128 half visible (a thin veil, an anti-aliased edge); a feature cell's target is
+    the mean over its pixels. Images without a mask and masks without an image are listed by name:
     `orphans="warn"` warns with their count and skips them, `orphans="error"` raises.
     """
 
@@ -117,7 +128,27 @@ class NiqabMaskDataset(Dataset):
             )
         self._image_files = [images[name] for name in self.names]
         self._mask_files = [masks[name] for name in self.names]
+        self._check_sizes()
         self._rng = WorkerSeededGenerator(seed, "NiqabMaskDataset")
+
+    def _check_sizes(self) -> None:
+        """Every mask has its image's size (read from the file headers: no decoding, milliseconds per
+        hundred files). A mask of another size was drawn on another picture, or on a crop of this one:
+        resized, it would mark the wrong pixels, so it is refused before training, naming the files."""
+        wrong = []
+        for image_file, mask_file in zip(self._image_files, self._mask_files):
+            image_size = _header_size(self.image_root / image_file)
+            mask_size = _header_size(self.mask_root / mask_file)
+            if image_size != mask_size:
+                wrong.append(
+                    f"{mask_file} is {mask_size[0]}x{mask_size[1]}, {image_file} {image_size[0]}x{image_size[1]}"
+                )
+        if wrong:
+            raise DataError(
+                f"{self.mask_root}: {len(wrong)} masks differ in size from their image (first: {'; '.join(wrong[:3])}); "
+                f"a mask must be drawn on its own image in {self.image_root} (images and masks of one size "
+                "other than image_size are fine: both are resized)"
+            )
 
     def _list_images(self) -> dict[str, str]:
         found: dict[str, str] = {}

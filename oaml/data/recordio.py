@@ -14,6 +14,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
+from oaml.data.bad_images import BadImages
 from oaml.data.decode import decode_image_rgb, resize_rgb, to_chw_tensor
 from oaml.data.recordio_format import (
     ImageRecordHeader,
@@ -56,6 +57,7 @@ class RecordIODataset(Dataset):
         transform: Any = None,
         name: str = "train",
         image_size: int | None = None,
+        on_bad_image: str = "error",
     ) -> None:
         rec_path, idx_path = _resolve_paths(root, name)
         self.record_file = RecordIOFile(rec_path, idx_path)
@@ -67,12 +69,22 @@ class RecordIODataset(Dataset):
             raise DataError(f"{rec_path} holds no image records")
         self.num_classes = int(self.labels.max()) + 1
         distinct = np.unique(self.labels).size
-        if distinct != self.num_classes:
+        lowest = int(self.labels.min())
+        if lowest > 0:
+            # Labels are class indices (the margin head's rows): a 1-based rec leaves class 0 without images.
+            warnings.warn(
+                f"{rec_path}: labels run from {lowest} to {self.num_classes - 1}, not from 0; classes 0..{lowest - 1} "
+                f"have no images (the classifier still gets {self.num_classes} rows). Labels are read as class "
+                "indices: rewrite the rec with labels 0..C-1 to avoid the unused rows",
+                stacklevel=2,
+            )
+        elif distinct != self.num_classes:
             warnings.warn(
                 f"{rec_path}: {distinct} distinct labels but the largest is {self.num_classes - 1}; the "
                 f"classifier gets {self.num_classes} classes, {self.num_classes - distinct} of them unused",
                 stacklevel=2,
             )
+        self.bad_images = BadImages(on_bad_image, self.labels, self._describe)
 
     @property
     def rec_path(self) -> Path:
@@ -163,7 +175,10 @@ class RecordIODataset(Dataset):
     def __len__(self) -> int:
         return int(self.image_keys.size)
 
-    def __getitem__(self, index: int) -> tuple[torch.Tensor, int, torch.Tensor]:
+    def _describe(self, index: int) -> str:
+        return f"{self.rec_path} key {int(self.image_keys[index])}"
+
+    def _read_image(self, index: int) -> np.ndarray:
         key = int(self.image_keys[index])
         source = f"{self.rec_path} key {key}"
         header, encoded = unpack_image_record(self.record_file.read(key), source)
@@ -174,11 +189,14 @@ class RecordIODataset(Dataset):
                 f"{source}: the image header says label {stored} but the "
                 f"{'identity records say' if self._labels_from_identities else 'label index says'} {label}"
             )
-        image = decode_image_rgb(encoded, source)
+        return decode_image_rgb(encoded, source)
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, int, torch.Tensor]:
+        image = self.bad_images.load(index, self._read_image)
         if self.image_size is not None and image.shape[:2] != (self.image_size, self.image_size):
             image = resize_rgb(image, (self.image_size, self.image_size))
         image = to_chw_tensor(image)
         visibility = torch.ones((1, image.shape[1], image.shape[2]), dtype=torch.float32)
         if self.transform is not None:
             image, visibility = self.transform(image, visibility)
-        return image, label, visibility
+        return image, int(self.labels[index]), visibility

@@ -107,14 +107,22 @@ def test_orphans_warn_or_error(tmp_path):
 def test_unreadable_files_are_named(tmp_path):
     for name in ("good", "bad_image", "bad_mask"):
         _write_pair(tmp_path, name, 10)
+    # Not an image at all: found by the start-up size check (file headers), before any training.
     (tmp_path / "kept_faces" / "bad_image.jpg").write_bytes(b"\xff\xd8 truncated")
+    with pytest.raises(ValueError, match=r"cannot read image file .*kept_faces/bad_image\.jpg"):
+        NiqabMaskDataset(tmp_path, split="all", augment=False)
     (tmp_path / "masks" / "bad_mask_mask.png").write_bytes(b"not a png")
+    _write_pair(tmp_path, "bad_image", 10)
+    with pytest.raises(ValueError, match=r"cannot read image file .*masks/bad_mask_mask\.png"):
+        NiqabMaskDataset(tmp_path, split="all", augment=False)
+    # A truncated JPEG keeps a valid header: it is named when it is read.
+    _write_pair(tmp_path, "bad_mask", 10)
+    whole = (tmp_path / "kept_faces" / "bad_image.jpg").read_bytes()
+    (tmp_path / "kept_faces" / "bad_image.jpg").write_bytes(whole[: len(whole) // 2])
     dataset = NiqabMaskDataset(tmp_path, split="all", augment=False)
     assert dataset.names == ["bad_image", "bad_mask", "good"]
     with pytest.raises(ValueError, match=r"kept_faces/bad_image\.jpg"):
         dataset[0]
-    with pytest.raises(ValueError, match=r"masks/bad_mask_mask\.png"):
-        dataset[1]
     assert dataset[2][1].shape == (1, 7, 7)
 
 
