@@ -101,6 +101,15 @@ class IdentityBalancedBatchSampler(Sampler[list[int]]):
                 f"process(es), fewer than the {ids_per_batch} a batch needs (data.batch_size={batch_size} // "
                 f"data.num_instances={num_instances}); lower data.batch_size or raise data.num_instances"
             )
+        complete = int((np.bincount(inverse) >= num_instances).sum())
+        if complete < ids_per_batch:
+            # Identities with fewer than K images fill up with repeats; a batch made mostly of them has
+            # few true positives for the matching loss.
+            raise DataError(
+                f"only {complete} of the {len(identities)} identities in the training data have "
+                f"data.num_instances={num_instances} images, fewer than the {ids_per_batch} identities a batch "
+                f"needs (data.batch_size={batch_size}); lower data.num_instances or data.batch_size, or add images"
+            )
         order = np.argsort(inverse, kind="stable")
         bounds = np.cumsum(np.bincount(inverse, minlength=len(identities)))[:-1]
         self._images_of = np.split(order, bounds)  # dataset indices of each identity, ascending

@@ -107,6 +107,16 @@ def test_bad_settings_name_the_config_key(kwargs: dict, message: str) -> None:
         IdentityBalancedBatchSampler(make_labels(), **kwargs)
 
 
+def test_too_few_identities_with_k_images_for_a_batch() -> None:
+    # 6 identities, only 2 of them with 4 images: a batch of 3 identities x 4 would be mostly repeats.
+    labels = np.repeat(np.arange(6), [4, 4, 2, 2, 1, 1])
+    with pytest.raises(
+        ValueError, match=r"only 2 of the 6 identities .* have data.num_instances=4 images, fewer than the 3"
+    ):
+        IdentityBalancedBatchSampler(labels, batch_size=12, num_instances=4)
+    assert len(IdentityBalancedBatchSampler(labels, batch_size=8, num_instances=4)) == 3
+
+
 def test_bad_labels() -> None:
     with pytest.raises(ValueError, match="at least 2"):
         IdentityBalancedBatchSampler([3, 3, 3, 3], batch_size=4, num_instances=2)
