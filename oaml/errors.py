@@ -15,6 +15,7 @@ names the keys that help: the learning rate and gradient clipping).
 from __future__ import annotations
 
 import functools
+import logging
 import os
 import re
 import sys
@@ -80,6 +81,14 @@ def user_error_message(error: BaseException, user_error: BaseException) -> str:
     return f"{type(user_error).__name__}: {message.strip()}{suffix}"
 
 
+def _to_log_files(line: str) -> None:
+    """Also into the run's log file (Hydra's ``<run dir>/train.log``), which the console line does not reach."""
+    record = logging.LogRecord("oaml", logging.ERROR, __file__, 0, line, None, None)
+    for handler in logging.getLogger().handlers:
+        if isinstance(handler, logging.FileHandler):
+            handler.handle(record)
+
+
 def report_user_errors(task: F) -> F:
     """Decorate an entry point's task function: a user error ends the process with one line on stderr and
     exit status 1; any other exception (a bug) propagates with its traceback, and so does a user error when
@@ -93,8 +102,10 @@ def report_user_errors(task: F) -> F:
             user_error = find_user_error(error)
             if user_error is None or os.environ.get("HYDRA_FULL_ERROR") == "1":
                 raise
-            print(f"Error: {user_error_message(error, user_error)}", file=sys.stderr)
+            line = f"Error: {user_error_message(error, user_error)}"
+            print(line, file=sys.stderr)
             print("(HYDRA_FULL_ERROR=1 shows the traceback)", file=sys.stderr)
+            _to_log_files(line)
             sys.exit(1)
 
     return wrapper  # type: ignore[return-value]

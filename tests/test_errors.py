@@ -92,6 +92,7 @@ def test_cli_user_errors_print_one_line_and_hydra_full_error_shows_the_traceback
         "K images); e.g. data.batch_size=28 (while building config node data)"
     ]
     assert not (tmp_path / "a" / "checkpoints").exists()
+    assert errors[0] in (tmp_path / "a" / "train.log").read_text()  # the run's log keeps it too
 
     full = _cli("oaml.train", "data.batch_size=30", f"hydra.run.dir={tmp_path / 'b'}", full_error=True)
     assert full.returncode == 1 and "Traceback" in full.stderr and "ConfigError" in full.stderr
