@@ -34,13 +34,22 @@ Probe visibility belongs to probe locations s, gallery visibility to gallery loc
   contributes only the fc bias. The first BatchNorm still takes its statistics over all pooled values, the
   hidden ones (at -1) included, as in ``mask``.
 
-- ``covisible``: the correlations are those of ``mask`` (a hidden location cannot win a max, so the occluder's
-  own features never enter the score); the pooled terms of location ``l`` (both directions) are then weighted
-  by the *co-visibility* ``w_l = v_p[l] * v_g[l]`` and renormalised by its total over the map:
-  ``t_l' = BN(t_l) * w_l * hw / sum(w)``. Faces are aligned, so location ``l`` is the same part of both faces:
-  evidence counts only where both faces show it, and is averaged, not summed, so a pair is not scored lower
-  just because half of one face is hidden. With all-visible maps it equals ``none`` (to float rounding), so
-  clean pairs keep their ``none`` scores. A pair with nothing co-visible scores from the bias.
+- ``covisible``: a location is *hidden* when its visibility is below 0.5; a correlation involving a hidden
+  location is set to -1 (so it cannot win a max and the occluder's own features never enter the score), every
+  other correlation is left exactly as in ``none``: a soft visibility of 0.9 on a clean face does not shrink
+  its correlations, which QAConv's BatchNorm was calibrated on (the soft ``mask`` fold shifts them by
+  ``(1 - w)(c + 1)``, several BatchNorm standard deviations: measured, a ``none``-trained model scored that way
+  falls from 0.93 to 0.76 on clean pairs). After the BatchNorm, the pooled terms of every location ``l`` that
+  is hidden in either face (both directions; faces are aligned, so ``l`` is the same part of both) are set to
+  0, so they add nothing to the fc's sum: missing evidence counts as neutral instead of as the -1 of a hidden
+  maximum. With
+  ``covisible_average`` the remaining terms are also renormalised to a mean over the co-visible locations
+  (``* hw / n_covisible``), so a pair is not scored lower just because half of one face is hidden. Measured
+  with true masks on a ``none``-trained model (experiments/occlusion_awareness), the plain sum beat the
+  average (an average over a few cells is noisy and impostors profit), so the sum is the default. With no
+  hidden location it equals ``none`` (to float rounding), so clean pairs keep their ``none`` scores. The
+  co-visibility weights are hard (0/1): soft weights on the -1 terms of hidden cells leak large negative
+  values into the score. Hard thresholds pass no gradient to the visibility maps.
 
 No mode builds a ``[P, G, hw, hw]`` weight tensor: visibility is folded into the features (the only
 ``[P, G, hw, hw]`` tensor is the correlation itself, as in unweighted QAConv) or into the ``[P, G, hw]``
@@ -59,6 +68,9 @@ from torch import Tensor, nn
 
 WEIGHTINGS = ("none", "product", "mask", "pooled", "covisible")
 
+# covisible: a location below this visibility is hidden (excluded from the correlation maxima).
+VISIBLE_THRESHOLD = 0.5
+
 # Smallest total visibility used to renormalise ``pooled`` terms (a fully hidden map then scores from the bias).
 _MIN_TOTAL_VISIBILITY = 1e-6
 
@@ -70,9 +82,17 @@ class QAConv(nn.Module):
         num_features: channels C of the feature maps.
         height, width: spatial size of the feature maps (7 x 7 for a 112 x 112 IResNet).
         weighting: how visibility maps enter the correlation; one of ``WEIGHTINGS`` (see the module docstring).
+        covisible_average: ``covisible`` only: average the co-visible terms instead of summing them.
     """
 
-    def __init__(self, num_features: int, height: int, width: int, weighting: str = "none") -> None:
+    def __init__(
+        self,
+        num_features: int,
+        height: int,
+        width: int,
+        weighting: str = "none",
+        covisible_average: bool = False,
+    ) -> None:
         super().__init__()
         for name, value in (("num_features", num_features), ("height", height), ("width", width)):
             if not isinstance(value, int) or value < 1:
@@ -83,6 +103,7 @@ class QAConv(nn.Module):
         self.height = height
         self.width = width
         self.weighting = weighting
+        self.covisible_average = bool(covisible_average)
         self.bn = nn.BatchNorm1d(1)
         self.fc = nn.Linear(height * width, 1)
         self.logit_bn = nn.BatchNorm1d(1)
@@ -102,7 +123,7 @@ class QAConv(nn.Module):
 
     def extra_repr(self) -> str:
         return f"num_features={self.num_features}, height={self.height}, width={self.width}, " + (
-            f"weighting={self.weighting!r}"
+            f"weighting={self.weighting!r}, covisible_average={self.covisible_average}"
         )
 
     # ----------------------------------------------------------------------------------------------- public API
@@ -221,6 +242,10 @@ class QAConv(nn.Module):
             return probe, gallery, 0.0
         if self.weighting == "product":
             return _scale(probe, probe_vis), _scale(gallery, gallery_vis), 0.0
+        if (
+            self.weighting == "covisible"
+        ):  # the same fold with 0/1 visibility: c, or -1 where either is hidden
+            probe_vis, gallery_vis = _visible(probe_vis), _visible(gallery_vis)
         # mask / pooled / covisible: v_p v_g (c + 1) - 1 via an appended constant channel.
         return _scale(_append_one(probe), probe_vis), _scale(_append_one(gallery), gallery_vis), 1.0
 
@@ -250,7 +275,10 @@ class QAConv(nn.Module):
             per_probe_loc = per_probe_loc * _location_weights(probe_vis, self.hw)
             per_gallery_loc = per_gallery_loc * _location_weights(gallery_vis, self.hw)
         elif self.weighting == "covisible":
-            weights = _location_weights(_covisibility(probe_vis, gallery_vis), self.hw)
+            weights = _covisibility(_visible(probe_vis), _visible(gallery_vis))
+            if self.covisible_average and weights is not None:
+                weights = _location_weights(weights, self.hw)
+            weights = 1.0 if weights is None else weights
             per_probe_loc = per_probe_loc * weights
             per_gallery_loc = per_gallery_loc * weights
         score = self.fc(per_probe_loc) + self.fc(per_gallery_loc)  # [..., 1]
@@ -278,6 +306,11 @@ def _location_weights(visibility: Tensor | None, hw: int) -> Tensor | float:
         return 1.0
     total = visibility.sum(dim=-1, keepdim=True).clamp_min(_MIN_TOTAL_VISIBILITY)
     return visibility * (hw / total)
+
+
+def _visible(visibility: Tensor | None) -> Tensor | None:
+    """0/1 map: 1 where the location counts as visible (``>= VISIBLE_THRESHOLD``)."""
+    return None if visibility is None else (visibility >= VISIBLE_THRESHOLD).to(visibility.dtype)
 
 
 def _covisibility(probe_vis: Tensor | None, gallery_vis: Tensor | None) -> Tensor | None:

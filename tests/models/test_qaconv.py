@@ -63,7 +63,12 @@ def reference_scores(
             weight = vp[:, None, :, None] * vg[None, :, None, :]
         else:
             weight = vg[None, :, :, None] * vp[:, None, None, :]
-        score = weight * score if mode == "product" else weight * score + (1 - weight) * -1.0  # mask-like
+        if mode == "covisible":  # hard: hidden (< 0.5) locations excluded, visible correlations untouched
+            hard_p, hard_g = (vp >= 0.5).float(), (vg >= 0.5).float()
+            weight = hard_g[None, :, :, None] * hard_p[:, None, None, :]
+            if swap_axes:
+                weight = hard_p[:, None, :, None] * hard_g[None, :, None, :]
+        score = weight * score if mode == "product" else weight * score + (1 - weight) * -1.0
     per_probe_loc = _bn_eval(score.max(dim=2).values, qa.bn)  # [p, g, s]
     per_gallery_loc = _bn_eval(score.max(dim=3).values, qa.bn)  # [p, g, r]
     if mode == "pooled":
@@ -74,8 +79,10 @@ def reference_scores(
         else:
             per_probe_loc, per_gallery_loc = per_probe_loc * wp[:, None], per_gallery_loc * wg[None]
     if mode == "covisible":
-        covisible = vp[:, None, :] * vg[None, :, :]  # [p, g, l]: location l shown by both faces
-        weight = covisible * HW / covisible.sum(dim=-1, keepdim=True)
+        covisible = (vp[:, None, :] >= 0.5).float() * (
+            vg[None, :, :] >= 0.5
+        ).float()  # [p, g, l]: both show l
+        weight = covisible * HW / covisible.sum(dim=-1, keepdim=True) if qa.covisible_average else covisible
         per_probe_loc, per_gallery_loc = per_probe_loc * weight, per_gallery_loc * weight
     fc_w, fc_b = qa.fc.weight[0], qa.fc.bias[0]
     logit = per_probe_loc @ fc_w + fc_b + per_gallery_loc @ fc_w + fc_b
@@ -239,21 +246,32 @@ def test_pooled_does_not_penalise_hidden_half_for_itself() -> None:
     assert mask(x, x, half, half).item() < mask(x, x).item() - 0.1
 
 
-def test_covisible_scores_a_half_hidden_face_like_the_full_match() -> None:
-    """Only one side hides half the face: ``covisible`` averages over the co-visible half, where every location
-    still finds itself, so the score equals the full self-match; ``pooled`` (probe terms over all probe
+def test_covisible_average_scores_a_half_hidden_face_like_the_full_match() -> None:
+    """Only one side hides half the face: ``covisible_average`` averages over the co-visible half, where every
+    location still finds itself, so the score equals the full self-match; ``pooled`` (probe terms over all probe
     locations) and ``mask`` score it lower."""
     x = maps(1, 1)
     half = torch.ones(1, 1, H, W)
     half[:, :, :, : W // 2] = 0.0
     ones = torch.ones(1, 1, H, W)
-    qa = QAConv(C, H, W, weighting="covisible").eval()
+    qa = QAConv(C, H, W, weighting="covisible", covisible_average=True).eval()
     full = qa(x, x, ones, ones)
     torch.testing.assert_close(qa(x, x, ones, half), full, atol=1e-5, rtol=1e-5)
     torch.testing.assert_close(qa(x, x, half, ones), full, atol=1e-5, rtol=1e-5)
     for mode in ("pooled", "mask"):
         other = QAConv(C, H, W, weighting=mode).eval()
         assert other(x, x, ones, half).item() < other(x, x, ones, ones).item() - 0.05, mode
+
+
+@pytest.mark.parametrize("average", [False, True])
+def test_covisible_reference_with_and_without_average(average: bool) -> None:
+    qa = make_qaconv("covisible")
+    qa.covisible_average = average
+    prob, gal = maps(5, 1), maps(4, 2)
+    vp, vg = visibility(5, 3), visibility(4, 4)
+    torch.testing.assert_close(
+        qa(prob, gal, vp, vg), reference_scores(qa, prob, gal, vp, vg), atol=1e-5, rtol=1e-5
+    )
 
 
 def test_covisible_weights_each_location_by_both_faces() -> None:
@@ -273,7 +291,7 @@ def test_covisible_weights_each_location_by_both_faces() -> None:
     keep = torch.arange(HW) != loc
     per_probe = _bn_eval(corr_masked.max(dim=0).values, qa.bn)[keep]
     per_gallery = _bn_eval(corr_masked.max(dim=1).values, qa.bn)[keep]
-    fc_w = qa.fc.weight[0][keep] * HW / (HW - 1)
+    fc_w = qa.fc.weight[0][keep]  # the hidden location's terms are dropped (0), the others summed as in none
     logit = per_probe @ fc_w + per_gallery @ fc_w + 2 * qa.fc.bias[0]
     expected = _bn_eval(logit, qa.logit_bn)[0]
     torch.testing.assert_close(qa(prob, gal, ones, hidden)[0, 0], expected, atol=1e-5, rtol=1e-5)
@@ -291,6 +309,8 @@ def test_gradients_reach_features_and_visibility(weighting: str) -> None:
     assert x.grad is not None and x.grad.abs().sum() > 0
     if weighting == "none":
         assert v.grad is None
+    elif weighting == "covisible":  # hard 0/1 thresholds: the visibility decides, it is not trained by matching
+        assert v.grad is None or v.grad.abs().sum() == 0
     else:
         assert v.grad is not None and v.grad.abs().sum() > 0
     for name, param in qa.named_parameters():
@@ -381,3 +401,15 @@ def test_bad_arguments_raise_clear_errors() -> None:
         qa.match(maps(2, 1), maps(2, 2))
     with pytest.raises(RuntimeError, match="eval"):
         qa.pair_scores(maps(2, 1), maps(2, 2))
+
+
+def test_covisible_leaves_confidently_visible_faces_at_none_scores() -> None:
+    """Soft visibility of a clean face (0.6-1.0 everywhere) changes nothing: no location is hidden and the
+    weights are renormalised. The soft ``mask`` fold would shift every correlation instead."""
+    qa, reference = make_qaconv("covisible"), make_qaconv("none")
+    prob, gal = maps(5, 1), maps(4, 2)
+    vp = 0.6 + 0.4 * torch.ones(5, 1, H, W)
+    vg = torch.full((4, 1, H, W), 0.6)
+    torch.testing.assert_close(qa(prob, gal, vp, vg), reference(prob, gal), atol=1e-5, rtol=1e-5)
+    mask = make_qaconv("mask")
+    assert (mask(prob, gal, vp, vg) - reference(prob, gal)).abs().max() > 0.1
