@@ -3,12 +3,19 @@
     python -m oaml.sweep_summary multirun/occlusion/2026-11-29/10-00-00-123456
     python -m oaml.sweep_summary DIR --metric val/synthetic_occluded/qaconv_acc --out occlusion.csv
     python -m oaml.sweep_summary DIR --columns 'val/synthetic_occluded/*' --mode max --out occlusion.md
+    python -m oaml.sweep_summary DIR --over seed --plot occlusion.png --x loss.occlusion --lines occlusion.weighting
 
 Every job directory of a sweep holds ``.hydra/overrides.yaml`` (what the job was asked: the sweep's values and
 the command line's) and, once it finished, ``metrics.json``. Columns are the overrides whose values differ
 between jobs, the sort metric (by default the metric each job's ``best.ckpt`` monitored, in its direction),
 and the metrics matching ``--columns``. Jobs without ``metrics.json`` (failed, or still running) are listed
 last, never dropped. The table is printed as Markdown; ``--out`` also writes it as ``.csv`` or ``.md``.
+
+``--over seed`` (any keys) treats those keys as repetitions, not settings: jobs that differ only in them form
+one row, with the mean, the sample standard deviation (``_std``) and the number of finished jobs (``n``) of
+every metric; a difference between rows means something only when it is large against the spread.
+``--plot FILE.png`` draws the sort metric against ``--x`` (a swept key), one line per value of ``--lines``,
+with the standard deviation over ``--over`` as error bars (``oaml.sweep_plot``; needs the ``plots`` extra).
 """
 
 from __future__ import annotations
@@ -19,9 +26,10 @@ import io
 import json
 import math
 import re
+import statistics
 import sys
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from fnmatch import fnmatchcase
 from pathlib import Path
 
@@ -172,6 +180,78 @@ def summarize(
     return ["job", *keys, metric, *extra], rows, metric, mode
 
 
+@dataclass
+class JobGroup:
+    """Jobs that differ only in the ``--over`` keys (e.g. seeds): one setting, repeated."""
+
+    settings: dict[str, str]  # the swept keys other than the --over keys, and their values
+    jobs: list[JobResult] = field(default_factory=list)
+
+    @property
+    def finished(self) -> list[JobResult]:
+        return [job for job in self.jobs if job.metrics is not None]
+
+    def stats(self, metric: str) -> tuple[float | None, float | None, int]:
+        """Mean, sample standard deviation (None below two values) and count of ``metric`` over the group."""
+        values = [job.metrics[metric] for job in self.finished if metric in job.metrics]
+        values = [v for v in values if not math.isnan(v)]
+        if not values:
+            return None, None, 0
+        return statistics.fmean(values), statistics.stdev(values) if len(values) > 1 else None, len(values)
+
+
+def group_jobs(jobs: Sequence[JobResult], over: Sequence[str]) -> list[JobGroup]:
+    """Jobs grouped by every swept key except ``over``, in the order each setting first appears."""
+    unknown = [key for key in over if not any(key in job.overrides for job in jobs)]
+    if unknown:
+        raise ValueError(
+            f"--over {' '.join(unknown)}: no job was given that key; the jobs' overrides are "
+            f"{sorted({k for job in jobs for k in job.overrides})}"
+        )
+    keys = [k for k in swept_keys(jobs) if k not in over]
+    groups: dict[tuple[str, ...], JobGroup] = {}
+    for job in jobs:
+        settings = {k: job.overrides.get(k, MISSING) for k in keys}
+        groups.setdefault(tuple(settings.values()), JobGroup(settings)).jobs.append(job)
+    return list(groups.values())
+
+
+def summarize_groups(
+    groups: Sequence[JobGroup],
+    metric: str,
+    mode: str,
+    columns: Sequence[str] = DEFAULT_COLUMNS,
+) -> tuple[list[str], list[list[object]]]:
+    """The table over groups: settings, ``n``, then mean and ``_std`` of the sort metric and of the metrics
+    matching ``columns``; best mean first, groups without the metric last."""
+    finished = [job for group in groups for job in group.finished]
+    extra = sorted(
+        {
+            k
+            for job in finished
+            for k in job.metrics
+            if k != metric and any(fnmatchcase(k, p) for p in columns)
+        }
+    )
+    keys = list(groups[0].settings) if groups else []
+
+    def rank(group: JobGroup) -> tuple[int, float]:
+        mean = group.stats(metric)[0]
+        return (1, 0.0) if mean is None else (0, -mean if mode == "max" else mean)
+
+    rows = []
+    for group in sorted(groups, key=rank):
+        cells: list[object] = [*group.settings.values(), group.stats(metric)[2]]
+        for name in (metric, *extra):
+            mean, std, _ = group.stats(name)
+            cells += [mean, std]
+        rows.append(cells)
+    header = [*keys, "n"]
+    for name in (metric, *extra):
+        header += [name, f"{name}_std"]
+    return header, rows
+
+
 def _cell(value: object, digits: int | None) -> str:
     if value is None:
         return MISSING
@@ -182,7 +262,9 @@ def _cell(value: object, digits: int | None) -> str:
 
 def to_markdown(header: Sequence[str], rows: Sequence[Sequence[object]], digits: int = 4) -> str:
     """A Markdown table; columns that hold only numbers are right-aligned."""
-    numeric = [all(row[i] is None or isinstance(row[i], float) for row in rows) for i in range(len(header))]
+    numeric = [
+        all(row[i] is None or isinstance(row[i], (int, float)) for row in rows) for i in range(len(header))
+    ]
     lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---:" if n else "---" for n in numeric) + "|"]
     for row in rows:
         lines.append("| " + " | ".join(_cell(v, digits) for v in row) + " |")
@@ -210,17 +292,40 @@ def main(argv: Sequence[str] | None = None) -> int:
         help="more metric columns, as glob patterns (default: %(default)s)",
     )
     parser.add_argument("--out", type=Path, help="also write the table to this .csv or .md file")
+    parser.add_argument(
+        "--over",
+        nargs="+",
+        default=[],
+        metavar="KEY",
+        help="repetition keys (e.g. seed): one row per setting with mean, std and count over them",
+    )
+    parser.add_argument(
+        "--plot", type=Path, help="draw the sort metric into this .png (needs the plots extra)"
+    )
+    parser.add_argument("--x", dest="x_key", metavar="KEY", help="--plot: the swept key on the x axis")
+    parser.add_argument("--lines", metavar="KEY", help="--plot: one line per value of this swept key")
     args = parser.parse_args(argv)
     if args.out is not None and args.out.suffix not in (".csv", ".md"):
         parser.error(f"--out {args.out}: the file name must end in .csv or .md")
+    if args.plot is not None and args.plot.suffix != ".png":
+        parser.error(f"--plot {args.plot}: the file name must end in .png")
 
     jobs = find_jobs(args.sweep_dir)
     header, rows, metric, mode = summarize(jobs, args.metric, args.mode, args.columns)
-    table = to_markdown(header, rows)
     direction = "highest" if mode == "max" else "lowest"
-    print(f"{len(jobs)} jobs in {args.sweep_dir}, sorted by {metric} ({direction} first)\n")
+    if args.over:
+        groups = group_jobs(jobs, args.over)
+        header, rows = summarize_groups(groups, metric, mode, args.columns)
+        print(
+            f"{len(jobs)} jobs in {args.sweep_dir} as {len(groups)} settings over {' '.join(args.over)} "
+            f"(mean, sample std, n), sorted by mean {metric} ({direction} first)\n"
+        )
+    else:
+        print(f"{len(jobs)} jobs in {args.sweep_dir}, sorted by {metric} ({direction} first)\n")
+    table = to_markdown(header, rows)
     print(table, end="")
-    common = {k: v for k, v in jobs[0].overrides.items() if k not in header}
+    varied = swept_keys(jobs)
+    common = {k: v for k, v in jobs[0].overrides.items() if k not in varied}
     if common:
         print("\nCommon to all jobs: " + " ".join(f"{k}={v}" for k, v in common.items()))
     unfinished = [job.name for job in jobs if job.metrics is None]
@@ -229,6 +334,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.out is not None:
         args.out.parent.mkdir(parents=True, exist_ok=True)
         args.out.write_text(to_csv(header, rows) if args.out.suffix == ".csv" else table, encoding="utf-8")
+    if args.plot is not None:
+        from oaml.sweep_plot import plot_metric
+
+        plot_metric(jobs, metric, args.plot, x_key=args.x_key, line_key=args.lines, over=args.over)
+        print(f"\nPlot: {args.plot}")
     return 0
 
 
