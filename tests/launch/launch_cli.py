@@ -27,21 +27,33 @@ PROBE = [
 ]
 
 
-def run_train(*args: str, cwd: Path, env: Mapping[str, str] | None = None, timeout: float = 300):
-    """``python -m oaml.train ARGS`` in ``cwd``; one torch thread per process (2 cores for every rank)."""
-    full_env = {
+def train_env(env: Mapping[str, str] | None) -> dict[str, str]:
+    """This process's environment plus ``env``, one torch thread, and tests/launch and the repo importable."""
+    return {
         **os.environ,
         **(env or {}),
         "OMP_NUM_THREADS": "1",
         "PYTHONPATH": os.pathsep.join(filter(None, [str(HERE), str(REPO), os.environ.get("PYTHONPATH")])),
     }
+
+
+def run_train(*args: str, cwd: Path, env: Mapping[str, str] | None = None, timeout: float = 300):
+    """``python -m oaml.train ARGS`` in ``cwd``; one torch thread per process (2 cores for every rank)."""
     return subprocess.run(
         [sys.executable, "-m", "oaml.train", *args],
         cwd=cwd,
-        env=full_env,
+        env=train_env(env),
         capture_output=True,
         text=True,
         timeout=timeout,
+    )
+
+
+def start_train(*args: str, cwd: Path, env: Mapping[str, str] | None = None) -> subprocess.Popen:
+    """``run_train`` without waiting: the test acts while it runs (its output goes to ``cwd/train.out``)."""
+    out = open(cwd / "train.out", "w")  # noqa: SIM115 (the child holds it; closed when the test ends)
+    return subprocess.Popen(
+        [sys.executable, "-m", "oaml.train", *args], cwd=cwd, env=train_env(env), stdout=out, stderr=out
     )
 
 
