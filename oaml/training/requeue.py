@@ -15,7 +15,8 @@ How this fits write-once run directories: the first start marks the directory wi
 - else: it starts over (it was stopped before its first checkpoint).
 
 Any other process still finds the directory taken. What is lost at each stop: the steps since the last
-``last.ckpt`` (written after every ``callbacks.last_checkpoint.every_n_epochs``-th epoch).
+``last.ckpt`` (after every ``callbacks.last_checkpoint.every_n_epochs``-th epoch, and every
+``every_n_train_steps`` steps when set).
 """
 
 from __future__ import annotations
