@@ -50,7 +50,9 @@ def test_search_runs_trials_and_a_second_call_continues_the_study(tmp_path) -> N
     second = run_train(*args, "hydra.sweeper.n_trials=1", cwd=tmp_path)
     assert second.returncode == 0, second.stderr[-4000:]
     study = optuna.load_study(study_name="occlusion", storage=storage)
-    assert len(study.get_trials()) == 4 and study.get_trials()[3].state == optuna.trial.TrialState.COMPLETE
+    trials = study.get_trials()
+    assert len(trials) == 4 and trials[3].state == optuna.trial.TrialState.COMPLETE
+    assert all(trials[3].params != earlier.params for earlier in trials[:3])  # a new point, not a replay
     assert len(_trial_dirs(study_dir)) == 4
     assert len({job.parent for job in _trial_dirs(study_dir)}) == 2
 
