@@ -94,8 +94,8 @@ class IResNet(nn.Module):
         dropout: dropout before the embedding Linear (AdaFace: 0.4).
         occlusion_hidden_channels: hidden width of the occlusion head.
         occlusion_input_stage: which map the occlusion head reads: 0 the stem (``input_layer``), k the output of
-            stage k (1-based), negative counts from the end; -1 (default) is the final feature map. A finer map
-            must be an integer multiple of the final one (always true: every stage halves it).
+            stage k (1-based), negative counts from the end; -1 (default) is the final feature map; ``"image"``
+            the input image itself, through a strided stem of the head's own (see ``OcclusionHead``).
         occlusion_layers: extra conv3x3-BN-ReLU layers in the occlusion head (0: the spec's head).
         occlusion_detach_features: the occlusion head reads ``features.detach()``, so the occlusion loss trains
             only the head and never reshapes the backbone (gradient isolation). False lets it co-train the body.
@@ -116,7 +116,7 @@ class IResNet(nn.Module):
         occlusion_hidden_channels: int = 128,
         occlusion_detach_features: bool = True,
         stem_stride: int = 1,
-        occlusion_input_stage: int = -1,
+        occlusion_input_stage: int | str = -1,
         occlusion_layers: int = 0,
     ) -> None:
         super().__init__()
@@ -154,10 +154,13 @@ class IResNet(nn.Module):
         if not 0.0 <= dropout < 1.0:
             raise ValueError(f"IResNet dropout must be in [0, 1), got {dropout}")
         num_taps = len(units) + 1  # the stem and every stage
-        if not -num_taps <= occlusion_input_stage < num_taps:
+        if occlusion_input_stage != "image" and not (
+            isinstance(occlusion_input_stage, int) and -num_taps <= occlusion_input_stage < num_taps
+        ):
             raise ValueError(
-                f"occlusion_input_stage (occlusion.input_stage) must lie in [{-num_taps}, {num_taps - 1}] for "
-                f"{len(units)} stages (0: stem, k: stage k, -1: final map), got {occlusion_input_stage}"
+                f"occlusion_input_stage (occlusion.input_stage) must be 'image' or an int in [{-num_taps}, "
+                f"{num_taps - 1}] for {len(units)} stages (0: stem, k: stage k, -1: final map), "
+                f"got {occlusion_input_stage!r}"
             )
 
         stem_channels = 64 if stem_channels is None else int(stem_channels)
@@ -170,7 +173,9 @@ class IResNet(nn.Module):
         side = input_size // downsample
         self.feature_size: tuple[int, int] = (side, side)
         self.occlusion_detach_features = occlusion_detach_features
-        self.occlusion_input_stage = occlusion_input_stage % num_taps
+        self.occlusion_input_stage = (
+            occlusion_input_stage if occlusion_input_stage == "image" else occlusion_input_stage % num_taps
+        )
 
         self.input_layer = nn.Sequential(
             nn.Conv2d(3, stem_channels, kernel_size=3, stride=stem_stride, padding=1, bias=False),
@@ -191,15 +196,25 @@ class IResNet(nn.Module):
             nn.Linear(self.feature_channels * side * side, self.embedding_size),
             nn.BatchNorm1d(self.embedding_size, affine=False),
         )
-        # Index into body after which the occlusion head's input is taken (-1: the stem's output).
-        self._occlusion_tap = sum(units[: self.occlusion_input_stage]) - 1
-        tap_channels = ((stem_channels,) + channels)[self.occlusion_input_stage]
-        self.occlusion_head = OcclusionHead(
-            tap_channels,
-            occlusion_hidden_channels,
-            num_layers=occlusion_layers,
-            output_size=self.feature_size,
-        )
+        if self.occlusion_input_stage == "image":
+            # The head's own stem reads the normalised image: stride-2 steps down to the feature grid.
+            self._occlusion_tap = None
+            self.occlusion_head = OcclusionHead(
+                3,
+                occlusion_hidden_channels,
+                num_layers=occlusion_layers,
+                output_size=self.feature_size,
+                downsample_steps=downsample.bit_length() - 1,
+            )
+        else:
+            # Index into body after which the occlusion head's input is taken (-1: the stem's output).
+            self._occlusion_tap = sum(units[: self.occlusion_input_stage]) - 1
+            self.occlusion_head = OcclusionHead(
+                ((stem_channels,) + channels)[self.occlusion_input_stage],
+                occlusion_hidden_channels,
+                num_layers=occlusion_layers,
+                output_size=self.feature_size,
+            )
         self._init_weights()
 
     def _init_weights(self) -> None:
@@ -236,8 +251,9 @@ class IResNet(nn.Module):
         """(final feature maps, the map the occlusion head reads): one pass through the body."""
         if not torch.jit.is_tracing():
             self._check_input(x)
+        image = x
         x = self.input_layer(x)
-        tap = x
+        tap = image if self._occlusion_tap is None else x
         for index, unit in enumerate(self.body):
             x = unit(x)
             if index == self._occlusion_tap:

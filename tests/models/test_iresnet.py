@@ -226,3 +226,23 @@ def test_occlusion_loss_through_an_early_stage_reaches_only_the_units_before_it(
 def test_occlusion_input_stage_out_of_range_names_the_key() -> None:
     with pytest.raises(ValueError, match="occlusion.input_stage"):
         tiny(occlusion_input_stage=9)
+
+
+def test_occlusion_head_on_the_image_has_its_own_stem() -> None:
+    """input_stage='image': the head reads the normalised image through its own stride-2 stem down to the
+    feature grid, and its loss reaches none of the backbone's weights (detached or not)."""
+    torch.manual_seed(0)
+    model = tiny(occlusion_input_stage="image", occlusion_detach_features=False, occlusion_hidden_channels=8)
+    assert model.occlusion_head.in_channels == 3 and model.occlusion_head.downsample_steps == 4
+    x = torch.randn(2, 3, 112, 112)
+    _, _, visibility, feature_maps = model(x, return_occlusion=True)
+    assert visibility.shape[-2:] == feature_maps.shape[-2:] == (7, 7)
+    model.eval()
+    torch.testing.assert_close(model(x, return_occlusion=True)[2], model.occlusion_head(x))
+    model.train()
+    model(x, return_occlusion=True)[2].mean().backward()
+    for name, param in model.named_parameters():
+        if name.startswith("occlusion_head."):
+            assert param.grad is not None and param.grad.abs().sum() > 0, name
+        else:
+            assert param.grad is None, name

@@ -78,3 +78,12 @@ def test_default_head_keeps_the_spec_layout_and_keys() -> None:
     head = OcclusionHead(32, hidden_channels=8)
     assert len(head.layers) == 0
     assert sorted({key.split(".")[0] for key in head.state_dict()}) == ["bn", "conv1", "conv2"]
+
+
+def test_own_stem_halves_the_map_per_step() -> None:
+    head = OcclusionHead(3, hidden_channels=32, downsample_steps=4, output_size=(7, 7)).eval()
+    widths = [block[0].out_channels for block in head.stem]
+    assert widths == [16, 32, 32, 32] and all(block[0].stride == (2, 2) for block in head.stem)
+    assert head(torch.randn(2, 3, 112, 112)).shape == (2, 1, 7, 7)
+    with pytest.raises(ValueError, match="2\\^downsample_steps"):
+        head(torch.randn(2, 3, 100, 100))
