@@ -55,7 +55,10 @@ def test_launchers_follow_the_trainers_layout_and_keep_submitit_files_in_the_swe
     assert launcher.nodes == (1 if option == "local" else 2)
     assert launcher.submitit_folder == f"{tmp_path / 'sweep'}/.submitit/%j"
     assert launcher.timeout_min == 1440
-    assert launcher.max_num_timeout == 0 if option == "slurm" else "max_num_timeout" not in launcher
+    if option == "slurm":  # requeued after a time limit (up to 5 times), resuming its own run directory
+        assert (launcher.max_num_timeout, launcher.signal_delay_s) == (5, 120)
+    else:
+        assert "max_num_timeout" not in launcher
 
     # The launcher Hydra builds from it receives the resolved numbers (what submitit passes to sbatch).
     built = instantiate(launcher)
