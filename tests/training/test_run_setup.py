@@ -123,3 +123,30 @@ def test_progress_helpers() -> None:
     assert format_duration(math.nan) == "?"
     main = (torch.zeros(16, 3, 8, 8), torch.zeros(16), torch.zeros(16, 1, 7, 7))
     assert count_images({"main": main, "masks": (torch.zeros(4, 3, 8, 8), torch.zeros(4, 1, 7, 7))}) == 20
+
+
+@pytest.mark.parametrize("terminal", [True, False])
+@pytest.mark.parametrize("enable", [True, False])
+def test_progress_bar_only_in_a_terminal_and_only_when_enabled(
+    tiny_train_config, monkeypatch: pytest.MonkeyPatch, terminal: bool, enable: bool
+) -> None:
+    """Lightning refuses a progress bar callback next to enable_progress_bar=False (what aborted before);
+    pytest's stdout is never a terminal, so the terminal is the one thing stood in for here."""
+    import lightning.pytorch as pl
+    from hydra.utils import instantiate
+    from lightning.pytorch.callbacks import ProgressBar, RichProgressBar
+
+    from oaml.training import loggers
+
+    monkeypatch.setattr(loggers, "stdout_is_terminal", lambda: terminal)
+    cfg = tiny_train_config(
+        f"trainer.enable_progress_bar={str(enable).lower()}",
+        "callbacks.progress_bar={_target_: lightning.pytorch.callbacks.RichProgressBar}",
+    )
+    extras = loggers.trainer_extras(cfg)
+    trainer: pl.Trainer = instantiate(cfg.trainer, **extras)  # Lightning accepts the combination
+    bars = [c for c in trainer.callbacks if isinstance(c, ProgressBar)]
+    if terminal and enable:
+        assert len(bars) == 1 and isinstance(bars[0], RichProgressBar)
+    else:
+        assert bars == [] and extras["enable_progress_bar"] is False
