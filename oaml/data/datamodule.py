@@ -161,6 +161,10 @@ class OAMLDataModule(pl.LightningDataModule):
         main_batches = KeyedBatches(sampler, stream=0)
         main = self._loader(KeyedItems(self.train_set), batch_sampler=main_batches)
         position = _resumed_position(self.trainer)
+        if position is not None and position[1] >= len(main_batches):
+            # A checkpoint after an epoch's last batch: the first iterator Lightning makes (before its
+            # set_epoch, and prefetched at once by loader workers) serves the next epoch, whole.
+            position = (position[0] + 1, 0)
         if self.mask_stream is None:
             if position is not None:
                 main_batches.resume_within_epoch(*position)

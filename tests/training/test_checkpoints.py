@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -98,6 +99,10 @@ def test_each_epoch_draws_new_batches_and_a_resume_replays_none(tiny_train_confi
     assert sorted(first["labels_by_step"]) == [0, 1] and sorted(second["labels_by_step"]) == [2, 3, 4, 5]
     for key in ("labels_by_step", "position_by_step"):
         assert {**first[key], **second[key]} == full[key]
+    # And the same weights: the final metrics (validation and last training losses) to the last digit.
+    assert json.loads((tmp_path / "b" / "metrics.json").read_text()) == json.loads(
+        (tmp_path / "full" / "metrics.json").read_text()
+    )
 
 
 def test_last_checkpoint_is_due_after_every_nth_epoch_and_at_the_final_step() -> None:
