@@ -69,19 +69,25 @@ class OcclusionLoss(nn.Module):
     ``kind``: ``mse`` (the spec's) or ``bce``, binary cross-entropy with the soft (area-fraction) target. On a
     sigmoid output MSE's gradient vanishes where the prediction is confidently wrong (a hidden cell called
     visible at 0.95 gets 4% of the push it gets at 0.5); BCE's does not, which is what a head that misses half
-    of the hidden region needs (experiments/occlusion_awareness). BCE runs in float32 outside autocast.
+    of the hidden region needs (experiments/occlusion_awareness). ``hidden_weight`` > 1 weights hidden cells
+    more (a weighted mean over cells). Both run in float32 outside autocast.
 
     A NaN or out-of-range target is an error (a broken mask must not train the head quietly). Downsample
     pixel masks first with ``downsample_visibility(mask, (h, w))``.
     """
 
-    def __init__(self, kind: str = "mse") -> None:
+    def __init__(self, kind: str = "mse", hidden_weight: float = 1.0) -> None:
         super().__init__()
         if kind not in OCCLUSION_LOSS_KINDS:
             raise ValueError(
                 f"OcclusionLoss kind (loss.occlusion_loss.kind) must be one of {OCCLUSION_LOSS_KINDS}, got {kind!r}"
             )
+        if not hidden_weight >= 1.0:
+            raise ValueError(
+                f"loss.occlusion_loss.hidden_weight must be >= 1 (1: every cell alike), got {hidden_weight}"
+            )
         self.kind = kind
+        self.hidden_weight = float(hidden_weight)
 
     def forward(self, pred: Tensor, target: Tensor) -> Tensor:
         _check_visibility_map(pred, "pred", "OcclusionLoss")
@@ -101,7 +107,15 @@ class OcclusionLoss(nn.Module):
                 f"OcclusionLoss: target must lie in [0, 1] (1 = visible), got range "
                 f"[{target.min().item():.4g}, {target.max().item():.4g}]"
             )
-        if self.kind == "mse":
-            return F.mse_loss(pred, target.to(pred.dtype))
         with torch.autocast(device_type=pred.device.type, enabled=False):
-            return F.binary_cross_entropy(pred.float(), target.float())
+            pred, target = pred.float(), target.float()
+            if self.kind == "mse":
+                per_cell = F.mse_loss(pred, target, reduction="none")
+            else:
+                per_cell = F.binary_cross_entropy(pred, target, reduction="none")
+            if self.hidden_weight == 1.0:
+                return per_cell.mean()
+            # Hidden cells are a minority (about one in eight of the synthetic training cells): weight each cell
+            # by 1 + (hidden_weight - 1) * hidden fraction, so that missing the occluder costs more.
+            weight = 1.0 + (self.hidden_weight - 1.0) * (1.0 - target)
+            return (weight * per_cell).sum() / weight.sum()

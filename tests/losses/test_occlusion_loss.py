@@ -88,3 +88,21 @@ def test_bce_with_soft_targets_and_its_gradient_where_mse_vanishes() -> None:
 def test_unknown_loss_kind_names_the_key() -> None:
     with pytest.raises(ValueError, match="loss.occlusion_loss.kind"):
         OcclusionLoss("dice")
+
+
+@pytest.mark.parametrize("kind", ["mse", "bce"])
+def test_hidden_weight_is_a_weighted_mean_over_cells(kind: str) -> None:
+    pred = torch.tensor([[[[0.9, 0.2], [0.6, 0.7]]]])
+    target = torch.tensor([[[[0.0, 1.0], [0.5, 1.0]]]])
+    plain = OcclusionLoss(kind)
+    per_cell = (
+        (pred - target) ** 2 if kind == "mse" else -(target * pred.log() + (1 - target) * (1 - pred).log())
+    )
+    weight = 1 + 3 * (1 - target)  # hidden_weight 4: a fully hidden cell counts 4x, a half-hidden one 2.5x
+    expected = (weight * per_cell).sum() / weight.sum()
+    assert OcclusionLoss(kind, hidden_weight=4.0)(pred, target).item() == pytest.approx(
+        expected.item(), rel=1e-6
+    )
+    assert plain(pred, target).item() == pytest.approx(per_cell.mean().item(), rel=1e-6)
+    with pytest.raises(ValueError, match="hidden_weight"):
+        OcclusionLoss(kind, hidden_weight=0.5)
