@@ -126,6 +126,8 @@ def test_two_nodes_train_into_one_run_dir_and_validate_like_one_process(
     checkpoint = run_dir / "checkpoints" / "last.ckpt"
     assert torch.load(checkpoint, map_location="cpu", weights_only=False)["global_step"] == 3
 
+    if launcher != "srun":
+        return  # the ranks are the launcher-specific part; validation across nodes is checked once, below
     # Validation across the two nodes == one process scoring the same final weights.
     single = subprocess.run(
         [sys.executable, "-m", "oaml.evaluate", f"ckpt={checkpoint}", *VAL, "print_metrics=false",
