@@ -63,10 +63,23 @@ def parse_override(text: str) -> tuple[str, str]:
 
 def _monitor_of(config_path: Path) -> tuple[str | None, str]:
     """The metric (and direction) that picked the job's best.ckpt, read from its saved config: the checkpoint
-    callback's monitor, else ``val.monitor``, else (null) training's own default for the job's val sets."""
+    callback's monitor, else ``val.monitor``, else (null) training's own default for the job's val sets.
+    For a trial of an Optuna search (``optimized_metric`` in its config): the metric the search optimised."""
     from oaml.data.val_sets import resolve_monitor
 
     config = OmegaConf.load(config_path)
+    if "optimized_metric" in config:  # a trial of an Optuna search: its objective, in the search's direction
+        from oaml.training.search import default_objective_metric
+
+        hydra_file = config_path.with_name("hydra.yaml")
+        direction = "maximize"
+        if hydra_file.is_file():
+            direction = str(
+                OmegaConf.select(OmegaConf.load(hydra_file), "hydra.sweeper.direction") or direction
+            )
+        return config.optimized_metric or default_objective_metric(
+            config
+        ), "min" if direction == "minimize" else "max"
     mode = str(OmegaConf.select(config, "callbacks.model_checkpoint.mode", default="max"))
     monitor = OmegaConf.select(config, "callbacks.model_checkpoint.monitor", default=None)
     if monitor is None:

@@ -8,6 +8,8 @@ import pytest
 import yaml
 from launch_cli import SWEEP_RUN, read_json, run_train
 
+from oaml.sweep_summary import find_jobs, summarize
+
 SEARCHED = {"loss.adaface", "loss.qaconv", "loss.occlusion", "occlusion.weighting"}
 SEARCHED |= {"occlusion.hidden_channels", "occlusion.detach_features"}
 OBJECTIVE = "val/synthetic_occluded/fused_acc"
@@ -55,6 +57,10 @@ def test_search_runs_trials_and_a_second_call_continues_the_study(tmp_path) -> N
     assert all(trials[3].params != earlier.params for earlier in trials[:3])  # a new point, not a replay
     assert len(_trial_dirs(study_dir)) == 4
     assert len({job.parent for job in _trial_dirs(study_dir)}) == 2
+    # The summary of the study folder: every trial of both calls, sorted by the searched metric.
+    header, rows, metric, mode = summarize(find_jobs(study_dir))
+    assert (metric, mode, len(rows)) == (OBJECTIVE, "max", 4)
+    assert rows[0][header.index(metric)] == pytest.approx(max(t.value for t in trials))
 
 
 def test_objective_is_the_chosen_metric_or_the_first_sets_occluded_fused_accuracy() -> None:
