@@ -73,6 +73,7 @@ def build_model(
         scheduler_interval=opt.get("scheduler_interval", "epoch"),
         head_lr=opt.get("head_lr"),
         detach_visibility=cfg.occlusion.detach_visibility,
+        weighting_start_step=cfg.occlusion.weighting_start_step,
         main_visibility_known=main_visibility_known,
         fusion=OmegaConf.to_container(cfg.val.fusion),
         val_set_names=val_set_names,
@@ -191,5 +192,14 @@ def model_from_checkpoint(
         mask_val_set_names=mask_val_set_names,
         checkpoint_info=info,
     )
-    model.load_state_dict(checkpoint["state_dict"], strict=True)
+    state = dict(checkpoint["state_dict"])
+    if not any(key.startswith("score_norm.") for key in state):
+        # Checkpoints written before the impostor statistics existed: the fused score falls back to fixed weights.
+        log.warning(
+            "%s holds no impostor score statistics (written by an older OAML): the fused score uses the fixed "
+            "weights (val.fusion.normalize=none)",
+            source,
+        )
+        state.update({f"score_norm.{key}": value for key, value in model.score_norm.state_dict().items()})
+    model.load_state_dict(state, strict=True)
     return model

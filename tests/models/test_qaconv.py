@@ -309,7 +309,8 @@ def test_gradients_reach_features_and_visibility(weighting: str) -> None:
     assert x.grad is not None and x.grad.abs().sum() > 0
     if weighting == "none":
         assert v.grad is None
-    elif weighting == "covisible":  # hard 0/1 thresholds: the visibility decides, it is not trained by matching
+    elif weighting == "covisible":
+        # hard 0/1 thresholds: the visibility decides, it is not trained by matching
         assert v.grad is None or v.grad.abs().sum() == 0
     else:
         assert v.grad is not None and v.grad.abs().sum() > 0
