@@ -89,10 +89,18 @@ def _to_log_files(line: str) -> None:
             handler.handle(record)
 
 
+def _in_multirun() -> bool:
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.types import RunMode
+
+    return HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN
+
+
 def report_user_errors(task: F) -> F:
     """Decorate an entry point's task function: a user error ends the process with one line on stderr and
     exit status 1; any other exception (a bug) propagates with its traceback, and so does a user error when
-    ``HYDRA_FULL_ERROR=1``."""
+    ``HYDRA_FULL_ERROR=1``. In a ``-m`` sweep the line is printed and the error still raised, so that Hydra's
+    launcher marks that job failed and goes on with the others (exiting would end the whole sweep)."""
 
     @functools.wraps(task)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
@@ -106,6 +114,8 @@ def report_user_errors(task: F) -> F:
             print(line, file=sys.stderr)
             print("(HYDRA_FULL_ERROR=1 shows the traceback)", file=sys.stderr)
             _to_log_files(line)
+            if _in_multirun():
+                raise  # Hydra records the job as failed, goes on with the next one and reports at the end
             sys.exit(1)
 
     return wrapper  # type: ignore[return-value]
