@@ -1,4 +1,5 @@
-"""occlusion.weighting_start_step: QAConv trains without the visibility until that step, with it from then on."""
+"""occlusion.weighting_start_step (QAConv trains without the visibility until that step, with it from then on)
+and the impostor statistics the fused score reads, in one real tiny run."""
 
 from __future__ import annotations
 
@@ -6,12 +7,18 @@ import json
 from pathlib import Path
 
 import pytest
+import torch
 
 from oaml.train import train
+from oaml.training.build import model_from_checkpoint
+
+FUSION = {"normalize": "impostor", "adaface": 0.5, "qaconv": 0.5}
 
 
-def test_weighting_switches_on_at_the_configured_step(tiny_train_config, tmp_path: Path) -> None:
-    probe_dir = tmp_path / "probe"
+def test_weighting_switches_on_at_the_configured_step_and_statistics_are_saved(
+    tiny_train_config, tmp_path: Path
+) -> None:
+    probe_dir, run_dir = tmp_path / "probe", tmp_path / "run"
     train(
         tiny_train_config(
             "occlusion.weighting=covisible",
@@ -20,36 +27,25 @@ def test_weighting_switches_on_at_the_configured_step(tiny_train_config, tmp_pat
             "trainer.max_epochs=2",
             "+callbacks.matcher_probe._target_=matcher_probe.RecordMatcherVisibility",
             f"+callbacks.matcher_probe.out_dir={probe_dir}",
-            run_dir=tmp_path / "run",
+            run_dir=run_dir,
         )
     )
-    given = {
-        int(step): flag
-        for step, flag in json.loads((probe_dir / "matcher_visibility.json").read_text()).items()
-    }
-    assert given == {0: False, 1: False, 2: True, 3: True}
+    record = json.loads((probe_dir / "matcher_visibility.json").read_text())
+    assert {int(step): given for step, given in record.items()} == {0: False, 1: False, 2: True, 3: True}
 
-
-def test_negative_start_step_names_the_key(tiny_train_config, tmp_path: Path) -> None:
-    with pytest.raises(ValueError, match="occlusion.weighting_start_step"):
-        train(tiny_train_config("occlusion.weighting_start_step=-1", run_dir=tmp_path / "run"))
-
-
-def test_checkpoint_without_impostor_statistics_still_loads(tiny_train_config, tmp_path: Path) -> None:
-    """A checkpoint written before the fused score's impostor statistics existed loads for evaluation; its
-    fused score falls back to the fixed weights (no statistics)."""
-    import torch
-
-    from oaml.training.build import model_from_checkpoint
-
-    run_dir = tmp_path / "run"
-    train(tiny_train_config("trainer.max_steps=2", run_dir=run_dir))
+    # The impostor statistics of every training step travel in the checkpoint ...
     checkpoint = torch.load(run_dir / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)
-    assert checkpoint["state_dict"]["score_norm.num_updates"] == 2
-    model = model_from_checkpoint(checkpoint, {"normalize": "impostor", "adaface": 0.5, "qaconv": 0.5}, ["s"])
-    assert model.score_norm.ready
+    assert checkpoint["state_dict"]["score_norm.num_updates"] == 4
+    assert model_from_checkpoint(checkpoint, FUSION, ["s"]).score_norm.ready
+    # ... and a checkpoint written before they existed still loads (its fused score uses the fixed weights).
     checkpoint["state_dict"] = {
         k: v for k, v in checkpoint["state_dict"].items() if not k.startswith("score_norm.")
     }
-    old = model_from_checkpoint(checkpoint, {"normalize": "impostor", "adaface": 0.5, "qaconv": 0.5}, ["s"])
-    assert not old.score_norm.ready
+    assert not model_from_checkpoint(checkpoint, FUSION, ["s"]).score_norm.ready
+
+
+def test_negative_start_step_names_the_key() -> None:
+    from oaml.training.module import OAMLModule
+
+    with pytest.raises(ValueError, match="occlusion.weighting_start_step"):
+        OAMLModule(*[torch.nn.Identity()] * 5, loss_weights={}, weighting_start_step=-1)
