@@ -43,7 +43,8 @@ def test_casia_recipe_is_adaface_recipe_with_image_epochs() -> None:
     assert list(cfg.optimizer.lr_scheduler.milestones) == [12, 20, 24] and cfg.trainer.max_epochs == 26
     assert cfg.optimizer.optimizer.lr == 0.1 and cfg.optimizer.optimizer.weight_decay == 5e-4
     assert (cfg.head.m, cfg.head.h, cfg.head.s, cfg.head.t_alpha) == (0.4, 0.333, 64.0, 0.01)
-    assert (cfg.loss.adaface, cfg.loss.qaconv, cfg.loss.occlusion) == (0.1, 0.9, 0.1)
+    assert (cfg.loss.adaface, cfg.loss.qaconv, cfg.loss.occlusion) == (0.1, 0.9, 1.0)
+    assert cfg.loss.occlusion_loss.kind == "bce" and cfg.occlusion.input_stage == "image"
     assert set(cfg.val.sets) == {
         f"{n}{s}" for n in ("lfw", "cfp_fp", "agedb_30", "calfw", "cplfw") for s in ("", "_occluded")
     }

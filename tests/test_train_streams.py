@@ -78,9 +78,9 @@ def test_two_streams_image_folder_with_niqab_masks(tiny_train_config, exported, 
     assert (tmp_path / "run" / "checkpoints" / "best.ckpt").is_file()
     # The occlusion loss comes from the mask stream alone and is part of the total.
     total = (
-        0.1 * metrics["train/loss_adaface"]
-        + 0.9 * metrics["train/loss_qaconv"]
-        + 0.1 * metrics["train/loss_occlusion"]
+        cfg.loss.adaface * metrics["train/loss_adaface"]
+        + cfg.loss.qaconv * metrics["train/loss_qaconv"]
+        + cfg.loss.occlusion * metrics["train/loss_occlusion"]
     )
     assert metrics["train/loss_occlusion"] > 0.0
     assert metrics["train/loss"] == pytest.approx(total, rel=1e-5)
@@ -169,7 +169,7 @@ def test_a_monitor_that_names_no_val_set_fails_before_training(tiny_train_config
 def test_placeholder_main_visibility_never_reaches_the_occlusion_loss(tiny_train_config) -> None:
     from oaml.training.build import build_model
 
-    cfg = tiny_train_config("loss.adaface=0", "loss.qaconv=0", "loss.occlusion=1")
+    cfg = tiny_train_config("loss.adaface=0", "loss.qaconv=0", "loss.occlusion=1", "loss.occlusion_loss.kind=mse")
     model = build_model(cfg, num_classes=4, val_set_names=[], main_visibility_known=False)
     main = (torch.randn(8, 3, 112, 112), torch.arange(4).repeat_interleave(2), torch.ones(8, 1, 112, 112))
     masks = (torch.randn(4, 3, 112, 112), torch.zeros(4, 1, 7, 7))

@@ -16,7 +16,7 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
 OCCLUSION_WEIGHTS = [0.05, 0.1, 0.2, 0.4]
-WEIGHTING_MODES = ["none", "product", "mask", "pooled"]
+WEIGHTING_MODES = ["none", "product", "mask", "pooled", "covisible"]
 
 
 def _compose(*overrides: str) -> DictConfig:
