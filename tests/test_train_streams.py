@@ -169,7 +169,9 @@ def test_a_monitor_that_names_no_val_set_fails_before_training(tiny_train_config
 def test_placeholder_main_visibility_never_reaches_the_occlusion_loss(tiny_train_config) -> None:
     from oaml.training.build import build_model
 
-    cfg = tiny_train_config("loss.adaface=0", "loss.qaconv=0", "loss.occlusion=1", "loss.occlusion_loss.kind=mse")
+    cfg = tiny_train_config(
+        "loss.adaface=0", "loss.qaconv=0", "loss.occlusion=1", "loss.occlusion_loss.kind=mse"
+    )
     model = build_model(cfg, num_classes=4, val_set_names=[], main_visibility_known=False)
     main = (torch.randn(8, 3, 112, 112), torch.arange(4).repeat_interleave(2), torch.ones(8, 1, 112, 112))
     masks = (torch.randn(4, 3, 112, 112), torch.zeros(4, 1, 7, 7))
