@@ -98,7 +98,7 @@ def test_occlusion_sweep_is_every_weight_with_every_weighting_mode() -> None:
     cfg = _compose("+sweep=occlusion")
     assert cfg.hydra.sweep.dir.startswith("multirun/occlusion/")
     jobs = _sweep_jobs(cfg, [])
-    assert len(jobs) == 16
+    assert len(jobs) == len(OCCLUSION_WEIGHTS) * len(WEIGHTING_MODES) == 20
     expected = {
         (f"loss.occlusion={w}", f"occlusion.weighting={m}")
         for w, m in itertools.product(OCCLUSION_WEIGHTS, WEIGHTING_MODES)
