@@ -29,6 +29,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from oaml.errors import ConfigError
 from oaml.models.score_norm import ImpostorScoreNorm
 
 SCORE_NAMES = ("adaface", "qaconv", "qaconv_novis", "fused")
@@ -98,10 +99,10 @@ def check_fusion(fusion: Mapping[str, float | str]) -> None:
     """Refuse a ``val.fusion`` without both weights or with an unknown normalisation, naming the key."""
     missing = [key for key in FUSION_KEYS if key not in fusion]
     if missing:
-        raise ValueError(
+        raise ConfigError(
             f"fusion weights lack {', '.join(f'val.fusion.{key}' for key in missing)}: give both "
             f"val.fusion.adaface and val.fusion.qaconv (got {sorted(fusion)})"
         )
     normalize = fusion.get("normalize", "none")
     if normalize not in FUSION_NORMALIZATIONS:
-        raise ValueError(f"val.fusion.normalize must be one of {FUSION_NORMALIZATIONS}, got {normalize!r}")
+        raise ConfigError(f"val.fusion.normalize must be one of {FUSION_NORMALIZATIONS}, got {normalize!r}")

@@ -11,6 +11,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from oaml.errors import ConfigError
+
 
 def _check_visibility_map(x: Tensor, name: str, who: str) -> None:
     if x.dim() != 4 or x.shape[1] != 1:
@@ -79,11 +81,11 @@ class OcclusionLoss(nn.Module):
     def __init__(self, kind: str = "mse", hidden_weight: float = 1.0) -> None:
         super().__init__()
         if kind not in OCCLUSION_LOSS_KINDS:
-            raise ValueError(
+            raise ConfigError(
                 f"OcclusionLoss kind (loss.occlusion_loss.kind) must be one of {OCCLUSION_LOSS_KINDS}, got {kind!r}"
             )
         if not hidden_weight >= 1.0:
-            raise ValueError(
+            raise ConfigError(
                 f"loss.occlusion_loss.hidden_weight must be >= 1 (1: every cell alike), got {hidden_weight}"
             )
         self.kind = kind

@@ -17,6 +17,7 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
+from oaml.errors import ConfigError
 from oaml.losses import OcclusionLoss, PairwiseMatchingLoss
 from oaml.models import AdaFace, load_adaface_state
 from oaml.models.qaconv import WEIGHTINGS
@@ -101,15 +102,15 @@ def loss_weights_from_config(loss_cfg: Any) -> dict[str, float]:
         try:
             weight = float(value)
         except (TypeError, ValueError) as error:
-            raise ValueError(
+            raise ConfigError(
                 f"loss.{name}={value!r} is not a number; set loss.{name}=0.1 (0 switches the term off)"
             ) from error
         if weight != weight:  # NaN
-            raise ValueError(
+            raise ConfigError(
                 f"loss.{name}={value} is not a number; use a weight >= 0 (0 switches the term off)"
             )
         if weight < 0.0:
-            raise ValueError(
+            raise ConfigError(
                 f"loss.{name}={value} is negative: it would train the model to increase that loss; use a weight "
                 f">= 0 (loss.{name}=0 switches the term off)"
             )
@@ -175,7 +176,7 @@ def model_from_checkpoint(
     )
     if weighting is not None:
         if weighting not in WEIGHTINGS:
-            raise ValueError(
+            raise ConfigError(
                 f"weighting={weighting!r} is not a QAConv weighting; use one of {', '.join(WEIGHTINGS)} "
                 "(or weighting=null for the mode the checkpoint was trained with)"
             )

@@ -26,6 +26,7 @@ import torch.nn.functional as F
 from lightning.pytorch.utilities import rank_zero_warn
 from torch import Tensor, nn
 
+from oaml.errors import ConfigError
 from oaml.evaluation.metrics import verification_report, visibility_report
 from oaml.evaluation.scoring import SCORE_NAMES, embed_faces, score_pairs, split_pairs
 from oaml.losses.occlusion import downsample_visibility
@@ -87,7 +88,7 @@ class OAMLModule(pl.LightningModule):
         self.head_lr = head_lr
         self.detach_visibility = detach_visibility
         if weighting_start_step < 0:
-            raise ValueError(
+            raise ConfigError(
                 f"occlusion.weighting_start_step must be >= 0 (0: from the first step), got {weighting_start_step}"
             )
         self.weighting_start_step = int(weighting_start_step)
