@@ -87,9 +87,8 @@ def score_pairs(
     qaconv = matcher.pair_scores(first.feature_maps, second.feature_maps, first.visibility, second.visibility)
     qaconv_novis = matcher.pair_scores(first.feature_maps, second.feature_maps)
     if fusion.get("normalize", "none") == "impostor" and score_norm is not None and score_norm.ready:
-        fused = fusion["adaface"] * score_norm.normalize("adaface", cosine) + fusion[
-            "qaconv"
-        ] * score_norm.normalize("qaconv", qaconv)
+        z_adaface, z_qaconv = score_norm.normalize("adaface", cosine), score_norm.normalize("qaconv", qaconv)
+        fused = fusion["adaface"] * z_adaface + fusion["qaconv"] * z_qaconv
     else:
         fused = fusion["adaface"] * cosine + fusion["qaconv"] * torch.sigmoid(qaconv)
     return {"adaface": cosine, "qaconv": qaconv, "qaconv_novis": qaconv_novis, "fused": fused}
