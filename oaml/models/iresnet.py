@@ -17,10 +17,10 @@ its ``model.`` key prefix (see :mod:`oaml.models.adaface_checkpoint`):
 - ``output_layer.{0,3,4}``: BN2d, (Dropout, Flatten,) Linear(C*h*w -> embedding), BatchNorm1d(affine=False)
 
 OAML adds one attribute, ``occlusion_head`` (:class:`~oaml.models.occlusion_head.OcclusionHead`), which an
-AdaFace checkpoint does not have. By default it reads the body's final feature map (7x7 at 112x112 input, 14x14
-at 224x224); ``occlusion_input_stage`` lets it read an earlier, finer stage instead (its prediction is then
-area-averaged to the final grid), because a backbone trained for identity learns to ignore occluders by its
-last stage (experiments/occlusion_awareness).
+AdaFace checkpoint does not have. Its output lies on the body's final grid (7x7 at 112x112 input, 14x14 at
+224x224); ``occlusion_input_stage`` says what it reads: the final feature map (the class default, the spec's),
+an earlier, finer stage (area-averaged to the final grid), or the image through a stem of the head's own (the
+config default: a backbone trained for identity learns to ignore occluders, experiments/occlusion_awareness).
 """
 
 from __future__ import annotations

@@ -42,8 +42,9 @@ class OcclusionHead(nn.Module):
     -> conv1x1(hidden->1, bias) -> sigmoid -> area average to ``output_size``.
 
     Input: feature maps (or images) [B, C, H, W]. Output: visibility [B, 1, h, w] in [0, 1], (h, w) =
-    ``output_size`` (None: the input's size divided by ``2**downsample_steps``). With ``num_layers=0`` and ``output_size=None`` this is the spec's head
-    (590,209 parameters at C=512, hidden=128).
+    ``output_size`` (None: the input's size divided by ``2**downsample_steps``). With the defaults
+    (``num_layers=0``, ``downsample_steps=0``, ``output_size=None``) this is the spec's head (590,209 parameters
+    at C=512, hidden=128).
     """
 
     def __init__(

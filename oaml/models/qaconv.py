@@ -42,9 +42,8 @@ Probe visibility belongs to probe locations s, gallery visibility to gallery loc
   falls from 0.93 to 0.76 on clean pairs). After the BatchNorm, the pooled terms of every location ``l`` that
   is hidden in either face (both directions; faces are aligned, so ``l`` is the same part of both) are set to
   0, so they add nothing to the fc's sum: missing evidence counts as neutral instead of as the -1 of a hidden
-  maximum. With
-  ``covisible_average`` the remaining terms are also renormalised to a mean over the co-visible locations
-  (``* hw / n_covisible``), so a pair is not scored lower just because half of one face is hidden. Measured
+  maximum. With ``covisible_average`` the remaining terms are also renormalised to a mean over the co-visible
+  locations (``* hw / n_covisible``), so a pair is not scored lower just because half of one face is hidden. Measured
   with true masks on a ``none``-trained model (experiments/occlusion_awareness), the plain sum beat the
   average (an average over a few cells is noisy and impostors profit), so the sum is the default. With no
   hidden location it equals ``none`` (to float rounding), so clean pairs keep their ``none`` scores. The
