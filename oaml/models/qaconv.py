@@ -241,9 +241,8 @@ class QAConv(nn.Module):
             return probe, gallery, 0.0
         if self.weighting == "product":
             return _scale(probe, probe_vis), _scale(gallery, gallery_vis), 0.0
-        if (
-            self.weighting == "covisible"
-        ):  # the same fold with 0/1 visibility: c, or -1 where either is hidden
+        if self.weighting == "covisible":
+            # The same fold with 0/1 visibility: c, or -1 where either location is hidden.
             probe_vis, gallery_vis = _visible(probe_vis), _visible(gallery_vis)
         # mask / pooled / covisible: v_p v_g (c + 1) - 1 via an appended constant channel.
         return _scale(_append_one(probe), probe_vis), _scale(_append_one(gallery), gallery_vis), 1.0
@@ -275,11 +274,11 @@ class QAConv(nn.Module):
             per_gallery_loc = per_gallery_loc * _location_weights(gallery_vis, self.hw)
         elif self.weighting == "covisible":
             weights = _covisibility(_visible(probe_vis), _visible(gallery_vis))
-            if self.covisible_average and weights is not None:
-                weights = _location_weights(weights, self.hw)
-            weights = 1.0 if weights is None else weights
-            per_probe_loc = per_probe_loc * weights
-            per_gallery_loc = per_gallery_loc * weights
+            if weights is not None:  # None: no map on either side, nothing hidden
+                if self.covisible_average:
+                    weights = _location_weights(weights, self.hw)
+                per_probe_loc = per_probe_loc * weights
+                per_gallery_loc = per_gallery_loc * weights
         score = self.fc(per_probe_loc) + self.fc(per_gallery_loc)  # [..., 1]
         return self.logit_bn(score.reshape(-1, 1)).view(lead)
 
