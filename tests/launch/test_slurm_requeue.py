@@ -122,8 +122,13 @@ def test_scontrol_requeue_resumes_the_run_in_its_own_directory(slurm_cluster, tm
     written = metrics_file.stat().st_mtime_ns
     assert slurm_cluster.slurm("scontrol", "requeue", job_key) == ""
     _release_when_requeued(slurm_cluster, job_key, proc)
-    slurm_cluster.drain()
+    # The third start must get as far as its decision before the queue is drained (drain cancels what still
+    # runs after half its time, and a loaded machine can take that long to import torch and Lightning).
+    deadline = time.monotonic() + 150
+    while "already finished; not training again" not in _full_logs(sweep):
+        if time.monotonic() > deadline:
+            pytest.fail(f"the third start never decided:\n{_full_logs(sweep)[-3000:]}\n{slurm_cluster.logs()}")
+        time.sleep(0.5)
+    slurm_cluster.drain(timeout=120)
     assert len((sweep / "0" / "starts.jsonl").read_text().splitlines()) == 2
     assert metrics_file.stat().st_mtime_ns == written
-    logs = _full_logs(sweep)
-    assert "already finished; not training again" in logs, logs[-3000:]
