@@ -29,6 +29,7 @@ from collections.abc import Sequence
 
 import torch
 from torch import Tensor, nn
+from torch.nn import functional as F
 
 from oaml.models.occlusion_head import OcclusionHead
 
@@ -97,6 +98,9 @@ class IResNet(nn.Module):
             stage k (1-based), negative counts from the end; -1 (default) is the final feature map; ``"image"``
             the input image itself, through a strided stem of the head's own (see ``OcclusionHead``).
         occlusion_layers: extra conv3x3-BN-ReLU layers in the occlusion head (0: the spec's head).
+        occlusion_erase: the body reads the image with its hidden cells erased (see :meth:`erase_hidden`): the
+            occluder never reaches the identity features, whose receptive fields on the final grid span most
+            of the face. Needs ``occlusion_input_stage="image"`` (the map must exist before the body runs).
         occlusion_detach_features: the occlusion head reads ``features.detach()``, so the occlusion loss trains
             only the head and never reshapes the backbone (gradient isolation). False lets it co-train the body.
         stem_stride: stride of the stem conv. 1 in every AdaFace model; 2 halves the resolution before the
@@ -118,6 +122,7 @@ class IResNet(nn.Module):
         stem_stride: int = 1,
         occlusion_input_stage: int | str = -1,
         occlusion_layers: int = 0,
+        occlusion_erase: bool = False,
     ) -> None:
         super().__init__()
         units = tuple(int(u) for u in units)
@@ -163,7 +168,14 @@ class IResNet(nn.Module):
                 f"got {occlusion_input_stage!r}"
             )
 
+        if occlusion_erase and occlusion_input_stage != "image":
+            raise ValueError(
+                "occlusion_erase (occlusion.erase=true) needs the head to read the image "
+                f"(occlusion.input_stage=image), got occlusion.input_stage={occlusion_input_stage!r}"
+            )
+
         stem_channels = 64 if stem_channels is None else int(stem_channels)
+        self.occlusion_erase = bool(occlusion_erase)
         self.units = units
         self.channels = channels
         self.se = se
@@ -274,14 +286,38 @@ class IResNet(nn.Module):
         return self.occlusion_head(occlusion_input)
 
     def forward(
-        self, x: Tensor, return_occlusion: bool = False
+        self, x: Tensor, return_occlusion: bool = False, erase_visibility: Tensor | None = None
     ) -> tuple[Tensor, Tensor] | tuple[Tensor, Tensor, Tensor, Tensor]:
-        """Images -> (embedding, norm), or (embedding, norm, occlusion_map, feature_maps) when asked."""
-        feature_maps, occlusion_input = self._features_and_occlusion_input(x)
+        """Images -> (embedding, norm), or (embedding, norm, occlusion_map, feature_maps) when asked.
+
+        With ``occlusion_erase`` the body reads :meth:`erase_hidden` of the image, by the head's own map or by
+        ``erase_visibility`` ([B, 1, h, w] on the feature grid, e.g. the training targets) when given; the
+        returned occlusion map is always the head's prediction on the unerased image.
+        """
+        if not self.occlusion_erase:
+            if erase_visibility is not None:
+                raise ValueError("erase_visibility is given but this IResNet was built with occlusion_erase=False")
+            feature_maps, occlusion_input = self._features_and_occlusion_input(x)
+            embedding, norm = self.embed(feature_maps)
+            if not return_occlusion:
+                return embedding, norm
+            return embedding, norm, self.occlusion(occlusion_input), feature_maps
+        if not torch.jit.is_tracing():
+            self._check_input(x)
+        visibility = self.occlusion(x)
+        keep = visibility.detach() if erase_visibility is None else erase_visibility
+        feature_maps, _ = self._features_and_occlusion_input(self.erase_hidden(x, keep))
         embedding, norm = self.embed(feature_maps)
         if not return_occlusion:
             return embedding, norm
-        return embedding, norm, self.occlusion(occlusion_input), feature_maps
+        return embedding, norm, visibility, feature_maps
+
+    @staticmethod
+    def erase_hidden(images: Tensor, visibility: Tensor) -> Tensor:
+        """Normalised images with every cell of ``visibility`` below 0.5 set to 0 (the mean grey): the grid
+        cell's whole pixel block, so that train and test erase alike whatever the source of the map."""
+        keep = (visibility >= 0.5).to(images.dtype)
+        return images * F.interpolate(keep, size=tuple(images.shape[-2:]), mode="nearest")
 
     def num_backbone_parameters(self) -> int:
         """Parameters of the AdaFace-compatible backbone, i.e. everything except ``occlusion_head``."""

@@ -75,6 +75,7 @@ def build_model(
         head_lr=opt.get("head_lr"),
         detach_visibility=cfg.occlusion.detach_visibility,
         weighting_start_step=cfg.occlusion.weighting_start_step,
+        erase_source=cfg.occlusion.get("erase_source", "predicted"),
         main_visibility_known=main_visibility_known,
         fusion=OmegaConf.to_container(cfg.val.fusion),
         val_set_names=val_set_names,

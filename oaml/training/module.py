@@ -66,6 +66,7 @@ class OAMLModule(pl.LightningModule):
         head_lr: float | None = None,
         detach_visibility: bool = True,
         weighting_start_step: int = 0,
+        erase_source: str = "predicted",
         main_visibility_known: bool = True,
         fusion: Mapping[str, float] | None = None,
         val_set_names: Sequence[str] = (),
@@ -92,6 +93,9 @@ class OAMLModule(pl.LightningModule):
                 f"occlusion.weighting_start_step must be >= 0 (0: from the first step), got {weighting_start_step}"
             )
         self.weighting_start_step = int(weighting_start_step)
+        if erase_source not in ("predicted", "target"):
+            raise ConfigError(f"occlusion.erase_source must be predicted or target, got {erase_source!r}")
+        self.erase_source = erase_source
         # Impostor statistics of the training batches: they put both scores on one scale for the fused score.
         self.score_norm = ImpostorScoreNorm(("adaface", "qaconv"))
         self.main_visibility_known = main_visibility_known
@@ -115,8 +119,12 @@ class OAMLModule(pl.LightningModule):
         num_main = images.shape[0]
         if masks is not None:
             images = torch.cat([images, masks[0]])
-        embedding, norm, predicted_all, feature_maps = self.backbone(images, return_occlusion=True)
-        feature_size = tuple(predicted_all.shape[-2:])
+        feature_size = tuple(self.backbone.feature_size)
+        main_target = downsample_visibility(visibility, feature_size)
+        mask_target = None if masks is None else downsample_visibility(masks[1], feature_size)
+        embedding, norm, predicted_all, feature_maps = self.backbone(
+            images, return_occlusion=True, erase_visibility=self._erase_targets(main_target, mask_target)
+        )
 
         # Recognition losses: main-stream images only (mask-set faces carry no identity labels).
         logits = self.margin_head(embedding[:num_main], norm[:num_main], labels)
@@ -141,10 +149,10 @@ class OAMLModule(pl.LightningModule):
         predictions, targets = [], []
         if self.main_visibility_known:
             predictions.append(predicted)
-            targets.append(downsample_visibility(visibility, feature_size))
+            targets.append(main_target)
         if masks is not None:
             predictions.append(predicted_all[num_main:])
-            targets.append(downsample_visibility(masks[1], feature_size))
+            targets.append(mask_target)
         if predictions:
             loss_occlusion = self.occlusion_loss(torch.cat(predictions), torch.cat(targets))
         else:  # no target at all: build_model has set the weight to 0; log a zero, train nothing
@@ -164,6 +172,14 @@ class OAMLModule(pl.LightningModule):
         self.log("train/matching_acc", matching_acc, prog_bar=True, batch_size=num_main)
         self.log("train/feature_norm", norm[:num_main].mean(), batch_size=num_main)
         return total
+
+    def _erase_targets(self, main_target: Tensor, mask_target: Tensor | None) -> Tensor | None:
+        """What the body's erasure follows in training (``occlusion.erase_source``): None for the head's own
+        map; with ``target`` the known visibility (main-stream faces whose visibility is a placeholder erase
+        nothing, as their placeholder says all visible)."""
+        if self.erase_source != "target" or not getattr(self.backbone, "occlusion_erase", False):
+            return None
+        return main_target if mask_target is None else torch.cat([main_target, mask_target])
 
     def configure_optimizers(self) -> Any:
         if self.optimizer_factory is None:

@@ -246,3 +246,43 @@ def test_occlusion_head_on_the_image_has_its_own_stem() -> None:
             assert param.grad is not None and param.grad.abs().sum() > 0, name
         else:
             assert param.grad is None, name
+
+
+def test_erase_hidden_blanks_whole_cells_below_one_half() -> None:
+    images = torch.randn(1, 3, 112, 112)
+    visibility = torch.ones(1, 1, 7, 7)
+    visibility[0, 0, 2, 5] = 0.49  # hidden: rows 32..47, columns 80..95
+    visibility[0, 0, 4, 1] = 0.5  # visible (the threshold is inclusive)
+    erased = IResNet.erase_hidden(images, visibility)
+    assert erased[..., 32:48, 80:96].abs().sum() == 0
+    outside = torch.ones(112, 112, dtype=torch.bool)
+    outside[32:48, 80:96] = False
+    torch.testing.assert_close(erased[..., outside], images[..., outside])
+
+
+def test_erasing_body_never_sees_pixels_of_hidden_cells() -> None:
+    """occlusion_erase: whatever lies in a cell the map calls hidden cannot change the identity features,
+    and the body reads exactly ``erase_hidden`` of the image (by the head's map, or by the one given)."""
+    torch.manual_seed(0)
+    model = tiny(occlusion_input_stage="image", occlusion_erase=True, occlusion_hidden_channels=8).eval()
+    x = torch.randn(2, 3, 112, 112)
+    given = torch.ones(2, 1, 7, 7)
+    given[:, :, 3:, :] = 0.0  # the lower half of the face hidden
+    occluder = x.clone()
+    occluder[..., 48:, :] = torch.rand(2, 3, 64, 112) * 5
+    for images in (x, occluder):
+        _, _, visibility, maps = model(images, return_occlusion=True, erase_visibility=given)
+        torch.testing.assert_close(visibility, model.occlusion_head(images))  # the unerased image's map
+    torch.testing.assert_close(model(x, erase_visibility=given)[0], model(occluder, erase_visibility=given)[0])
+    assert not torch.allclose(model(x)[0], model(occluder)[0])  # the head's own map differs from `given`
+    plain = tiny(occlusion_input_stage="image", occlusion_hidden_channels=8).eval()
+    plain.load_state_dict(model.state_dict())
+    own = IResNet.erase_hidden(x, model.occlusion_head(x))
+    torch.testing.assert_close(model(x, return_occlusion=True)[3], plain(own, return_occlusion=True)[3])
+
+
+def test_erasure_needs_the_image_head_and_an_erasing_model() -> None:
+    with pytest.raises(ValueError, match="occlusion.input_stage=image"):
+        tiny(occlusion_erase=True, occlusion_input_stage=-1)
+    with pytest.raises(ValueError, match="occlusion_erase=False"):
+        tiny(occlusion_input_stage="image")(torch.randn(1, 3, 112, 112), erase_visibility=torch.ones(1, 1, 7, 7))

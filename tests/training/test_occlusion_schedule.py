@@ -49,3 +49,22 @@ def test_negative_start_step_names_the_key() -> None:
 
     with pytest.raises(ValueError, match="occlusion.weighting_start_step"):
         OAMLModule(*[torch.nn.Identity()] * 5, loss_weights={}, weighting_start_step=-1)
+
+
+@pytest.mark.parametrize("source", ["target", "predicted"])
+def test_erasure_in_training_follows_the_configured_source(tiny_train_config, tmp_path: Path, source) -> None:
+    """occlusion.erase_source=target: the body reads every training image (main and mask stream) erased by
+    its known visibility; predicted: by the head's map, which on a fresh head is not the target."""
+    probe_dir = tmp_path / "probe"
+    train(
+        tiny_train_config(
+            "occlusion.erase=true",
+            f"occlusion.erase_source={source}",
+            "trainer.max_steps=2",
+            "+callbacks.erasure_probe._target_=matcher_probe.RecordErasure",
+            f"+callbacks.erasure_probe.out_dir={probe_dir}",
+            run_dir=tmp_path / "run",
+        )
+    )
+    record = json.loads((probe_dir / "erasure.json").read_text())
+    assert len(record) == 2 and all(v == (source == "target") for v in record.values()), record
