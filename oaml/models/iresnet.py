@@ -296,7 +296,9 @@ class IResNet(nn.Module):
         """
         if not self.occlusion_erase:
             if erase_visibility is not None:
-                raise ValueError("erase_visibility is given but this IResNet was built with occlusion_erase=False")
+                raise ValueError(
+                    "erase_visibility is given but this IResNet was built with occlusion_erase=False"
+                )
             feature_maps, occlusion_input = self._features_and_occlusion_input(x)
             embedding, norm = self.embed(feature_maps)
             if not return_occlusion:

@@ -127,7 +127,9 @@ def test_scontrol_requeue_resumes_the_run_in_its_own_directory(slurm_cluster, tm
     deadline = time.monotonic() + 150
     while "already finished; not training again" not in _full_logs(sweep):
         if time.monotonic() > deadline:
-            pytest.fail(f"the third start never decided:\n{_full_logs(sweep)[-3000:]}\n{slurm_cluster.logs()}")
+            pytest.fail(
+                f"the third start never decided:\n{_full_logs(sweep)[-3000:]}\n{slurm_cluster.logs()}"
+            )
         time.sleep(0.5)
     slurm_cluster.drain(timeout=120)
     assert len((sweep / "0" / "starts.jsonl").read_text().splitlines()) == 2

@@ -273,7 +273,9 @@ def test_erasing_body_never_sees_pixels_of_hidden_cells() -> None:
     for images in (x, occluder):
         _, _, visibility, maps = model(images, return_occlusion=True, erase_visibility=given)
         torch.testing.assert_close(visibility, model.occlusion_head(images))  # the unerased image's map
-    torch.testing.assert_close(model(x, erase_visibility=given)[0], model(occluder, erase_visibility=given)[0])
+    torch.testing.assert_close(
+        model(x, erase_visibility=given)[0], model(occluder, erase_visibility=given)[0]
+    )
     assert not torch.allclose(model(x)[0], model(occluder)[0])  # the head's own map differs from `given`
     plain = tiny(occlusion_input_stage="image", occlusion_hidden_channels=8).eval()
     plain.load_state_dict(model.state_dict())
@@ -285,4 +287,6 @@ def test_erasure_needs_the_image_head_and_an_erasing_model() -> None:
     with pytest.raises(ValueError, match="occlusion.input_stage=image"):
         tiny(occlusion_erase=True, occlusion_input_stage=-1)
     with pytest.raises(ValueError, match="occlusion_erase=False"):
-        tiny(occlusion_input_stage="image")(torch.randn(1, 3, 112, 112), erase_visibility=torch.ones(1, 1, 7, 7))
+        tiny(occlusion_input_stage="image")(
+            torch.randn(1, 3, 112, 112), erase_visibility=torch.ones(1, 1, 7, 7)
+        )

@@ -53,7 +53,9 @@ class RecordErasure(pl.Callback):
         images, visibility = main[0], main[2]
         if masks is not None:
             images, visibility = torch.cat([images, masks[0]]), torch.cat([visibility, masks[1]])
-        expected = IResNet.erase_hidden(images, downsample_visibility(visibility, pl_module.backbone.feature_size))
+        expected = IResNet.erase_hidden(
+            images, downsample_visibility(visibility, pl_module.backbone.feature_size)
+        )
         self.follows_targets[trainer.global_step] = bool(torch.equal(self._body_input, expected))
 
     def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
