@@ -65,6 +65,22 @@ def downsample_visibility(mask: Tensor, size: tuple[int, int]) -> Tensor:
 OCCLUSION_LOSS_KINDS = ("mse", "bce")
 
 
+def _check_target_values(target: Tensor) -> None:
+    """No NaN, values in [0, 1]. CPU tensors only: on an accelerator, reading them would stall every training
+    step on a host-device synchronisation (a NaN target then shows as a non-finite loss, which the training
+    step reports at its next logging step)."""
+    if torch.isnan(target).any():
+        raise ValueError(
+            f"OcclusionLoss: target contains {int(torch.isnan(target).sum())} NaN values; check the "
+            "occlusion masks fed to the mask stream"
+        )
+    if target.numel() and (target.min() < 0 or target.max() > 1):
+        raise ValueError(
+            f"OcclusionLoss: target must lie in [0, 1] (1 = visible), got range "
+            f"[{target.min().item():.4g}, {target.max().item():.4g}]"
+        )
+
+
 class OcclusionLoss(nn.Module):
     """Distance between predicted and target visibility maps, both ``[B, 1, h, w]`` in [0, 1].
 
@@ -74,7 +90,8 @@ class OcclusionLoss(nn.Module):
     of the hidden region needs (experiments/occlusion_awareness). ``hidden_weight`` > 1 weights hidden cells
     more (a weighted mean over cells). Both run in float32 outside autocast.
 
-    A NaN or out-of-range target is an error (a broken mask must not train the head quietly). Downsample
+    A NaN or out-of-range target is an error (a broken mask must not train the head quietly; checked on CPU
+    tensors, see ``_check_target_values``). Downsample
     pixel masks first with ``downsample_visibility(mask, (h, w))``.
     """
 
@@ -99,16 +116,8 @@ class OcclusionLoss(nn.Module):
                 f"OcclusionLoss: pred {list(pred.shape)} and target {list(target.shape)} differ; bring the target "
                 "to the prediction's grid with oaml.losses.occlusion.downsample_visibility(target, (h, w))"
             )
-        if torch.isnan(target).any():
-            raise ValueError(
-                f"OcclusionLoss: target contains {int(torch.isnan(target).sum())} NaN values; check the "
-                "occlusion masks fed to the mask stream"
-            )
-        if target.numel() and (target.min() < 0 or target.max() > 1):
-            raise ValueError(
-                f"OcclusionLoss: target must lie in [0, 1] (1 = visible), got range "
-                f"[{target.min().item():.4g}, {target.max().item():.4g}]"
-            )
+        if target.device.type == "cpu":
+            _check_target_values(target)
         with torch.autocast(device_type=pred.device.type, enabled=False):
             pred, target = pred.float(), target.float()
             if self.kind == "mse":

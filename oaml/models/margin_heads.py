@@ -62,9 +62,16 @@ class _MarginHead(nn.Module):
             )
         if norms is not None and norms.shape != (batch, 1):
             raise ValueError(f"{name} expects norms [B, 1]=[{batch}, 1], got {tuple(norms.shape)}")
-        if batch and (int(labels.min()) < 0 or int(labels.max()) >= self.num_classes):
+        if batch and labels.device.type == "cpu":
+            self._check_label_values(labels)
+
+    def _check_label_values(self, labels: Tensor) -> None:
+        """Labels in ``[0, num_classes)``. CPU tensors only: on an accelerator, reading the range would stall
+        every training step on a host-device synchronisation (an out-of-range label then fails in the scatter
+        of the one-hot instead, with the device's own message)."""
+        if int(labels.min()) < 0 or int(labels.max()) >= self.num_classes:
             raise ValueError(
-                f"{name} labels must lie in [0, {self.num_classes}), got min {int(labels.min())}, "
+                f"{type(self).__name__} labels must lie in [0, {self.num_classes}), got min {int(labels.min())}, "
                 f"max {int(labels.max())}: does num_classes match the data set?"
             )
 

@@ -50,17 +50,26 @@ class ImpostorScoreNorm(nn.Module):
 
     @torch.no_grad()
     def update(self, scores: dict[str, Tensor], impostor: Tensor) -> None:
-        """Fold one batch in: ``scores[name]`` and the boolean ``impostor`` mask have the same shape."""
-        if not impostor.any():
-            return
+        """Fold one batch in: ``scores[name]`` and the boolean ``impostor`` mask have the same shape.
+
+        A batch without impostors changes nothing. Masked sums instead of boolean indexing and a branch on
+        ``impostor.any()``: both would read a value on the host, a host-device synchronisation every training
+        step on an accelerator.
+        """
+        weight = impostor.float()
+        count = weight.sum()
+        has_impostors = count > 0
+        count = count.clamp_min(1.0)
         first = self.num_updates == 0
+        m = torch.where(first, torch.ones_like(count), torch.full_like(count, self.momentum))
+        m = torch.where(has_impostors, m, torch.zeros_like(m))
         for index, name in enumerate(self.names):
-            values = scores[name].detach()[impostor].float()
-            mean, var = values.mean(), values.var(unbiased=False)
-            m = torch.where(first, torch.ones_like(mean), torch.full_like(mean, self.momentum))
+            values = scores[name].detach().float()
+            mean = (values * weight).sum() / count
+            var = ((values - mean).square() * weight).sum() / count
             self.mean[index] = (1 - m) * self.mean[index] + m * mean
             self.var[index] = (1 - m) * self.var[index] + m * var
-        self.num_updates += 1
+        self.num_updates += has_impostors.long()
 
     def normalize(self, name: str, scores: Tensor) -> Tensor:
         """``(score - impostor mean) / impostor std`` for score ``name``."""

@@ -108,76 +108,154 @@ class OAMLModule(pl.LightningModule):
         self.checkpoint_info = dict(checkpoint_info or {})
         self._val_outputs: dict[int, dict[str, list[Tensor]]] = {}
         self.last_validated_step = -1
+        # How often training_step checks the loss for NaN/inf on the host (see _check_finite_now).
+        self.finite_check_every: int | None = None
 
     # ----------------------------------------------------------------------------------------- training
+    def setup(self, stage: str) -> None:
+        """Before fit: refuse an all-zero loss and freeze what no loss trains (see :meth:`_untrained_parts`)."""
+        if stage != "fit":
+            return
+        if not any(weight > 0 for weight in self.loss_weights.values()):
+            raise ConfigError(
+                "every loss weight is 0 (loss.adaface, loss.qaconv, loss.occlusion): nothing would train; "
+                "set at least one, e.g. loss.adaface=1"
+            )
+        for part in self._untrained_parts():
+            part.requires_grad_(False)
+
+    def _untrained_parts(self) -> list[nn.Module]:
+        """Modules whose parameters no loss with a weight above 0 reaches: training_step skips them, and they
+        are frozen so that the optimizer (weight decay, momentum) leaves them alone and DDP does not wait for
+        their gradients."""
+        weights = self.loss_weights
+        parts: list[nn.Module] = []
+        if weights["adaface"] == 0:
+            parts += [self.margin_head, self.backbone.output_layer]
+        if weights["qaconv"] == 0:
+            parts.append(self.matcher)
+        visibility_trained_by_qaconv = (
+            weights["qaconv"] > 0 and not self.detach_visibility and self._matcher_weighting() != "none"
+        )
+        if weights["occlusion"] == 0 and not visibility_trained_by_qaconv:
+            parts.append(self.backbone.occlusion_head)
+        return parts
+
+    def _matcher_weighting(self) -> str | None:
+        return getattr(self.matcher, "weighting", None)
+
     def training_step(
         self, batch: Sequence[Tensor] | Mapping[str, Sequence[Tensor]], batch_idx: int
     ) -> Tensor:
-        """One backbone pass over main-stream and mask-stream images; each loss on the images it concerns."""
+        """One backbone pass over main-stream and mask-stream images; each loss on the images it concerns.
+
+        A loss whose weight is 0 is not computed at all, nor is what only it needs: with ``loss.qaconv=0
+        loss.occlusion=0`` the step is AdaFace's own (backbone, margin head, cross-entropy; no mask-stream
+        images, no QAConv, no OcclusionHead). Nothing here reads a tensor's value on the host (a host-device
+        synchronisation would stall an accelerator every step), except the finiteness check of the loss on the
+        steps where Lightning logs (``trainer.log_every_n_steps``) and reads the values anyway.
+        """
         main, masks = (batch["main"], batch.get("masks")) if isinstance(batch, Mapping) else (batch, None)
+        weights = self.loss_weights
         images, labels, visibility = main[:3]
         num_main = images.shape[0]
-        if masks is not None:
+        if masks is not None and weights["occlusion"] > 0:  # mask-stream faces serve the occlusion loss only
             images = torch.cat([images, masks[0]])
+        else:
+            masks = None
         feature_size = tuple(self.backbone.feature_size)
-        main_target = downsample_visibility(visibility, feature_size)
+        needs_targets = weights["occlusion"] > 0 or self._erase_targets_needed()
+        main_target = downsample_visibility(visibility, feature_size) if needs_targets else None
         mask_target = None if masks is None else downsample_visibility(masks[1], feature_size)
-        embedding, norm, predicted_all, feature_maps = self.backbone(
-            images, return_occlusion=True, erase_visibility=self._erase_targets(main_target, mask_target)
+        weighting_on = self.global_step >= self.weighting_start_step and self._matcher_weighting() != "none"
+        needs_visibility = (
+            weights["occlusion"] > 0
+            or getattr(self.backbone, "occlusion_erase", False)
+            or (weights["qaconv"] > 0 and weighting_on)
         )
+        if needs_visibility:
+            embedding, norm, predicted_all, feature_maps = self.backbone(
+                images, return_occlusion=True, erase_visibility=self._erase_targets(main_target, mask_target)
+            )
+        elif weights["qaconv"] > 0:  # feature maps for QAConv, no OcclusionHead
+            feature_maps = self.backbone.forward_features(images)
+            embedding, norm = self.backbone.embed(feature_maps)
+        else:  # AdaFace's own forward
+            embedding, norm = self.backbone(images)
 
+        losses: dict[str, Tensor] = {}
         # Recognition losses: main-stream images only (mask-set faces carry no identity labels).
-        logits = self.margin_head(embedding[:num_main], norm[:num_main], labels)
-        loss_adaface = F.cross_entropy(logits, labels)
-        predicted = predicted_all[:num_main]
-        qaconv_visibility = predicted.detach() if self.detach_visibility else predicted
-        if self.global_step < self.weighting_start_step:
-            # Warm-up: QAConv learns without the visibility until the head has had time to become reliable.
-            qaconv_visibility = None
-        # Self-matching of the batch: the probe visibility serves both sides.
-        scores = self.matcher(feature_maps[:num_main], prob_occ=qaconv_visibility)
-        loss_qaconv, matching_acc = self.matching_loss(scores, labels)
-        main_embedding = embedding[:num_main].detach()
-        self.score_norm.update(
-            {"adaface": main_embedding @ main_embedding.t(), "qaconv": scores},
-            impostor=labels.unsqueeze(0) != labels.unsqueeze(1),
-        )
+        if weights["adaface"] > 0:
+            logits = self.margin_head(embedding[:num_main], norm[:num_main], labels)
+            losses["adaface"] = F.cross_entropy(logits, labels)
+        matching_acc = None
+        if weights["qaconv"] > 0:
+            qaconv_visibility = None  # weighting none, or the warm-up before the head is reliable
+            if weighting_on:
+                predicted = predicted_all[:num_main]
+                qaconv_visibility = predicted.detach() if self.detach_visibility else predicted
+            # Self-matching of the batch: the probe visibility serves both sides.
+            scores = self.matcher(feature_maps[:num_main], prob_occ=qaconv_visibility)
+            losses["qaconv"], matching_acc = self.matching_loss(scores, labels)
+            # Impostor statistics for the fused score (without QAConv there is nothing to fuse: not gathered).
+            main_embedding = embedding[:num_main].detach()
+            self.score_norm.update(
+                {"adaface": main_embedding @ main_embedding.t(), "qaconv": scores},
+                impostor=labels.unsqueeze(0) != labels.unsqueeze(1),
+            )
 
         # Occlusion loss: every image whose visibility is known. Main-stream visibility counts only when the
         # data knows it (synthetic faces, pasted occluders); otherwise it is an all-ones placeholder that
         # would teach "everything is visible", also on real faces covered by hands or glasses.
-        predictions, targets = [], []
-        if self.main_visibility_known:
-            predictions.append(predicted)
-            targets.append(main_target)
-        if masks is not None:
-            predictions.append(predicted_all[num_main:])
-            targets.append(mask_target)
-        if predictions:
-            loss_occlusion = self.occlusion_loss(torch.cat(predictions), torch.cat(targets))
-        else:  # no target at all: build_model has set the weight to 0; log a zero, train nothing
-            loss_occlusion = predicted_all.sum() * 0.0
+        if weights["occlusion"] > 0:
+            predictions, targets = [], []
+            if self.main_visibility_known:
+                predictions.append(predicted_all[:num_main])
+                targets.append(main_target)
+            if masks is not None:
+                predictions.append(predicted_all[num_main:])
+                targets.append(mask_target)
+            if predictions:  # else no target at all (build_model sets the weight to 0 then)
+                losses["occlusion"] = self.occlusion_loss(torch.cat(predictions), torch.cat(targets))
 
-        losses = {"adaface": loss_adaface, "qaconv": loss_qaconv, "occlusion": loss_occlusion}
-        total = sum(self.loss_weights[name] * value for name, value in losses.items())
-        if not torch.isfinite(total):
+        if not losses:
+            raise ConfigError(
+                "every loss weight is 0 (loss.adaface, loss.qaconv, loss.occlusion): nothing would train; "
+                "set at least one, e.g. loss.adaface=1"
+            )
+        total = sum(weights[name] * value for name, value in losses.items())
+        if self._check_finite_now() and not torch.isfinite(total):
             raise FloatingPointError(
                 f"training loss is not finite at step {self.global_step}: "
                 + ", ".join(f"{k}={v.item():.4g}" for k, v in losses.items())
                 + " (lower optimizer.optimizer.lr or set trainer.gradient_clip_val)"
             )
-        for name, value in losses.items():
-            self.log(f"train/loss_{name}", value, batch_size=num_main)
+        zero = total.detach().new_zeros(())
+        for name in LOSS_NAMES:  # a term that was not computed logs 0 (its share of the total)
+            self.log(f"train/loss_{name}", losses.get(name, zero), batch_size=num_main)
         self.log("train/loss", total, prog_bar=True, batch_size=num_main)
-        self.log("train/matching_acc", matching_acc, prog_bar=True, batch_size=num_main)
+        if matching_acc is not None:
+            self.log("train/matching_acc", matching_acc, prog_bar=True, batch_size=num_main)
         self.log("train/feature_norm", norm[:num_main].mean(), batch_size=num_main)
         return total
+
+    def _check_finite_now(self) -> bool:
+        """Whether this step checks the loss for NaN/inf: every ``finite_check_every`` steps (None: Lightning's
+        ``log_every_n_steps``, when it reads the logged values on the host anyway; every step without a
+        Trainer). A NaN from a bad batch is then reported within that many steps."""
+        every = self.finite_check_every
+        if every is None:
+            every = self._trainer.log_every_n_steps if self._trainer is not None else 1
+        return (self.global_step + 1) % max(int(every), 1) == 0
+
+    def _erase_targets_needed(self) -> bool:
+        return self.erase_source == "target" and getattr(self.backbone, "occlusion_erase", False)
 
     def _erase_targets(self, main_target: Tensor, mask_target: Tensor | None) -> Tensor | None:
         """What the body's erasure follows in training (``occlusion.erase_source``): None for the head's own
         map; with ``target`` the known visibility (main-stream faces whose visibility is a placeholder erase
         nothing, as their placeholder says all visible)."""
-        if self.erase_source != "target" or not getattr(self.backbone, "occlusion_erase", False):
+        if not self._erase_targets_needed():
             return None
         return main_target if mask_target is None else torch.cat([main_target, mask_target])
 
