@@ -19,6 +19,7 @@ from oaml.data.val_sets import build_mask_val_sets, build_val_sets, resolve_moni
 from oaml.errors import report_user_errors
 from oaml.paths import CONF_DIR
 from oaml.training.build import build_model, loss_weights_from_config
+from oaml.training.fast_paths import apply_fast_paths
 from oaml.training.launch_env import prepare_launch
 from oaml.training.loggers import close_loggers, trainer_extras
 from oaml.training.report import print_metrics_table, write_metrics_json
@@ -53,6 +54,7 @@ def train(cfg: DictConfig) -> dict[str, float]:
         occlusion_supervised=datamodule.occlusion_supervised,
         main_visibility_known=datamodule.main_visibility_known,
     )
+    apply_fast_paths(model.backbone, cfg.model.get("channels_last", False), cfg.model.get("compile", False))
 
     extras = trainer_extras(cfg)  # logger, callbacks, progress bar: as the config and the terminal say
     callbacks = extras.pop("callbacks")

@@ -56,6 +56,8 @@ class OAMLDataModule(pl.LightningDataModule):
         seed: int = 0,
         pin_memory: bool = False,
         on_bad_image: str = "error",
+        persistent_workers: bool = True,
+        prefetch_factor: int = 2,
     ) -> None:
         super().__init__()
         if train is not None and not (hasattr(train, "labels") and hasattr(train, "num_classes")):
@@ -81,7 +83,17 @@ class OAMLDataModule(pl.LightningDataModule):
         self.num_instances = num_instances
         self.epoch_size = epoch_size
         self.val_batch_size = val_batch_size
+        if not isinstance(num_workers, int) or num_workers < 0:
+            raise ConfigError(
+                f"data.num_workers must be an int >= 0 (0: load in the main process), got {num_workers!r}"
+            )
+        if not isinstance(prefetch_factor, int) or prefetch_factor < 1:
+            raise ConfigError(
+                f"data.prefetch_factor must be an int >= 1 (batches each worker loads ahead), got {prefetch_factor!r}"
+            )
         self.num_workers = num_workers
+        self.persistent_workers = bool(persistent_workers)
+        self.prefetch_factor = prefetch_factor
         self.channel_order = check_channel_order(channel_order)
         self.seed = seed
         self.pin_memory = pin_memory
@@ -137,12 +149,16 @@ class OAMLDataModule(pl.LightningDataModule):
         return (trainer.world_size, trainer.global_rank) if trainer is not None else (1, 0)
 
     def _loader(self, dataset: Dataset, **kwargs: Any) -> DataLoader:
+        workers = self.num_workers > 0
         return DataLoader(
             dataset,
             num_workers=self.num_workers,
             # Page-locked memory only speeds up copies to a GPU; without one, torch warns at every loader.
             pin_memory=self.pin_memory and torch.cuda.is_available(),
-            persistent_workers=self.num_workers > 0,
+            # Workers kept across epochs: no restart (and dataset re-pickling) at each epoch and validation.
+            persistent_workers=workers and self.persistent_workers,
+            # torch refuses a prefetch factor without workers.
+            prefetch_factor=self.prefetch_factor if workers else None,
             **kwargs,
         )
 
