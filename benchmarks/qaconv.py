@@ -4,8 +4,9 @@ Self-matching of a batch of B feature maps (default 128 x 512 x 7 x 7) in traini
 sigmoid with gradients, scored by the pairwise matching loss, as in training. Each configuration runs in a fresh
 subprocess so that peak memory is its own:
 
-- CPU: the growth of the process's peak resident set (``ru_maxrss``) from after setup (including one tiny
-  step, to leave out one-time allocations) to after the last step;
+- CPU: the peak of the bytes torch allocates during one step (forward and backward), summed from the
+  profiler's allocation and free events (``profile_memory``): exact and repeatable, unlike the process's
+  peak resident set, which varied by about 7% between runs (allocator caching, other threads);
 - CUDA: ``torch.cuda.max_memory_allocated`` minus the memory allocated after setup.
 
 Baselines ``naive-product`` and ``naive-mask`` compute the same scores as ``product`` and ``mask`` by
@@ -20,18 +21,18 @@ from __future__ import annotations
 import argparse
 import gc
 import json
-import resource
 import subprocess
 import sys
 import time
 
 import torch
 from torch import Tensor
+from torch.profiler import ProfilerActivity, profile
 
 from oaml.losses import PairwiseMatchingLoss
 from oaml.models.qaconv import QAConv
 
-CONFIGS = ("none", "product", "mask", "pooled", "naive-product", "naive-mask")
+CONFIGS = ("none", "product", "mask", "pooled", "covisible", "naive-product", "naive-mask")
 
 
 class NaiveWeightedQAConv(QAConv):
@@ -53,8 +54,19 @@ def build(config: str, channels: int, height: int, width: int) -> QAConv:
     return QAConv(channels, height, width, weighting=config)
 
 
-def _max_rss_bytes() -> int:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # KiB on Linux
+def _cpu_peak_bytes(step) -> int:
+    """Peak of torch's live CPU allocations during ``step()`` (allocations before it do not count)."""
+    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
+        step()
+    events = sorted(
+        (e for e in prof.profiler.kineto_results.events() if e.name() == "[memory]"),
+        key=lambda e: e.start_ns(),
+    )
+    live = peak = 0
+    for event in events:
+        live += event.nbytes()
+        peak = max(peak, live)
+    return peak
 
 
 def worker(args: argparse.Namespace) -> dict:
@@ -78,23 +90,22 @@ def worker(args: argparse.Namespace) -> dict:
 
     step(4)  # one-time allocations (thread pools, lazy library state) before the memory baseline
     gc.collect()
-    if device.type == "cuda":
-        torch.cuda.synchronize()
-        torch.cuda.reset_peak_memory_stats()
-        base = torch.cuda.memory_allocated()
-    else:
-        base = _max_rss_bytes()
     for _ in range(args.warmup):
         step(args.batch)
     if device.type == "cuda":
         torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+        base = torch.cuda.memory_allocated()
     start = time.perf_counter()
     for _ in range(args.iters):
         step(args.batch)
     if device.type == "cuda":
         torch.cuda.synchronize()
     seconds = (time.perf_counter() - start) / args.iters
-    peak = (torch.cuda.max_memory_allocated() if device.type == "cuda" else _max_rss_bytes()) - base
+    if device.type == "cuda":
+        peak = torch.cuda.max_memory_allocated() - base
+    else:
+        peak = _cpu_peak_bytes(lambda: step(args.batch))
     return {
         "config": args.worker,
         "seconds": seconds,
@@ -112,7 +123,7 @@ def main() -> None:
     parser.add_argument("--height", type=int, default=7)
     parser.add_argument("--width", type=int, default=7)
     parser.add_argument("--iters", type=int, default=3, help="timed forward+backward steps per configuration")
-    parser.add_argument("--warmup", type=int, default=1, help="untimed steps first (memory counts them too)")
+    parser.add_argument("--warmup", type=int, default=1, help="untimed steps first")
     parser.add_argument("--device", default="cpu", help="cpu or cuda")
     parser.add_argument("--configs", nargs="+", default=list(CONFIGS), choices=CONFIGS)
     parser.add_argument("--worker", choices=CONFIGS, help=argparse.SUPPRESS)
@@ -129,7 +140,7 @@ def main() -> None:
     method = (
         "torch.cuda.max_memory_allocated - allocated after setup"
         if args.device.startswith("cuda")
-        else "growth of ru_maxrss (peak RSS) after setup, fresh subprocess per row"
+        else "peak of torch's live allocations in one step (profiler events), fresh subprocess per row"
     )
     print(
         f"QAConv forward+backward, self-matching B={args.batch}, {args.channels}x{args.height}x{args.width}, "

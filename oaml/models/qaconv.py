@@ -203,11 +203,11 @@ class QAConv(nn.Module):
         gallery, gallery_vis = self._prepare(b, b_occ, "b", "b_occ")
         _check_visibility_values(probe_vis, "a_occ")
         _check_visibility_values(gallery_vis, "b_occ")
-        probe_flat, gallery_flat, offset = self._fold_visibility(probe, gallery, probe_vis, gallery_vis)
+        probe_flat, gallery_flat = self._fold(probe, probe_vis), self._fold(gallery, gallery_vis)
         corr = torch.bmm(probe_flat, gallery_flat.transpose(1, 2))  # [N, s, r]
         per_probe_loc = corr.max(dim=2).values  # [N, s]
         per_gallery_loc = corr.max(dim=1).values  # [N, r]
-        pooled = torch.stack((per_probe_loc, per_gallery_loc), dim=1) - offset  # [N, 2, hw]
+        pooled = torch.stack((per_probe_loc, per_gallery_loc), dim=1) - self._offset  # [N, 2, hw]
         return self._head(pooled, probe_vis, gallery_vis)
 
     # ---------------------------------------------------------------------------------------------- internals
@@ -233,33 +233,47 @@ class QAConv(nn.Module):
             )
         return maps, visibility.flatten(1).to(maps.dtype)
 
-    def _fold_visibility(
-        self, probe: Tensor, gallery: Tensor, probe_vis: Tensor | None, gallery_vis: Tensor | None
-    ) -> tuple[Tensor, Tensor, float]:
-        """Return ``[B, hw, C']`` maps whose plain correlation, minus ``offset``, is the weighted correlation."""
+    @property
+    def _offset(self) -> float:
+        """What the folded correlation exceeds the weighted one by (the ``+1`` of the appended channel)."""
+        return 0.0 if self.weighting in ("none", "product") else 1.0
+
+    def _fold(self, maps: Tensor, visibility: Tensor | None) -> Tensor:
+        """``[B, hw, C']`` maps whose plain correlation with another folded map, minus ``_offset``, is the
+        weighted correlation (see the module docstring)."""
         if self.weighting == "none":
-            return probe, gallery, 0.0
+            return maps
         if self.weighting == "product":
-            return _scale(probe, probe_vis), _scale(gallery, gallery_vis), 0.0
+            return _scale(maps, visibility)
         if self.weighting == "covisible":
             # The same fold with 0/1 visibility: c, or -1 where either location is hidden.
-            probe_vis, gallery_vis = _visible(probe_vis), _visible(gallery_vis)
-        # mask / pooled / covisible: v_p v_g (c + 1) - 1 via an appended constant channel.
-        return _scale(_append_one(probe), probe_vis), _scale(_append_one(gallery), gallery_vis), 1.0
+            visibility = _visible(visibility)
+        # mask / pooled / covisible: v_p v_g (c + 1) - 1 via an appended constant channel, v * [x; 1] built as
+        # [v * x; v]: one new [B, hw, C + 1] tensor (the product is freed at once; cat saves nothing).
+        if visibility is None:
+            return _append_one(maps)
+        weight = visibility.unsqueeze(-1)
+        return torch.cat((maps * weight, weight), dim=-1)
 
     def _pooled_all_pairs(
         self, probe: Tensor, gallery: Tensor, probe_vis: Tensor | None, gallery_vis: Tensor | None
     ) -> Tensor:
         """Pooled correlations ``[P, G, 2, hw]``: ``[..., 0, s] = max_r c'``, ``[..., 1, r] = max_s c'``."""
         num_p, num_g, hw = probe.shape[0], gallery.shape[0], self.hw
-        probe_flat, gallery_flat, offset = self._fold_visibility(probe, gallery, probe_vis, gallery_vis)
+        probe_flat = self._fold(probe, probe_vis).reshape(num_p * hw, -1)
+        if gallery is probe and gallery_vis is probe_vis:
+            # Self-matching (training): one folded, flattened copy serves both sides of the product.
+            gallery_flat = probe_flat
+        else:
+            gallery_flat = self._fold(gallery, gallery_vis).reshape(num_g * hw, -1)
         # One matrix product, no permuted copy: corr[p, s, g, r] = score[p, g, r, s] = <G[g, :, r], P[p, :, s]>.
-        corr = torch.mm(probe_flat.reshape(num_p * hw, -1), gallery_flat.reshape(num_g * hw, -1).t())
-        corr = corr.view(num_p, hw, num_g, hw)
+        corr = torch.mm(probe_flat, gallery_flat.t()).view(num_p, hw, num_g, hw)
         # max(dim) keeps only indices for backward (amax would keep the whole [P, s, G, r] input alive).
         per_probe_loc = corr.max(dim=3).values.transpose(1, 2)  # [P, G, s]
         per_gallery_loc = corr.max(dim=1).values  # [P, G, r]
-        return torch.stack((per_probe_loc, per_gallery_loc), dim=2) - offset
+        pooled = torch.stack((per_probe_loc, per_gallery_loc), dim=2)
+        # In place: the offset would otherwise cost another [P, G, 2, hw] (stack's backward needs no output).
+        return pooled.sub_(self._offset) if self._offset else pooled
 
     def _head(self, pooled: Tensor, probe_vis: Tensor | None, gallery_vis: Tensor | None) -> Tensor:
         """BN over pooled terms -> (pooled weighting) -> shared fc on both directions, summed -> logit BN.
