@@ -179,6 +179,23 @@ def run_backbone(name: str, args: argparse.Namespace, device: torch.device) -> N
         print(f"| {part} | {1e3 * value:,.2f} | {value / seconds['adaface']:.1%} |")
     if peak is not None:
         print(f"\npeak GPU memory over all cases: {peak:.2f} GiB")
+    if args.check_sync:
+        check_sync(cases["oaml+masks" if args.mask_batch else "oaml"])
+
+
+def check_sync(step: Stepper) -> None:
+    """Run one OAML step with CUDA's sync debug mode set to error: any host-device synchronisation (``.item()``,
+    a boolean index, a blocking copy) in the step raises."""
+    torch.cuda.synchronize()
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        step()
+        verdict = "none"
+    except RuntimeError as error:
+        verdict = f"FOUND: {str(error).splitlines()[0]}"
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
+    print(f"host-device synchronisations in one oaml training step (forward, backward, SGD step): {verdict}")
 
 
 def main() -> None:
@@ -197,7 +214,10 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=None, help="torch threads (CPU)")
     parser.add_argument("--channels-last", action="store_true")
     parser.add_argument("--compile", action="store_true", help="torch.compile the backbone (model.compile)")
+    parser.add_argument("--check-sync", action="store_true", help="CUDA: fail on host-device syncs in a step")
     args = parser.parse_args()
+    if args.check_sync and (not args.device.startswith("cuda") or args.precision == "16"):
+        parser.error("--check-sync needs --device cuda and no gradient scaler (--precision 32 or bf16)")
     if args.batch % 4 or args.batch < 8:
         parser.error("--batch must be a multiple of 4 (identities x 4 images), at least 8")
     warnings.filterwarnings("ignore", message=".*self.log.*")  # no Trainer here: nothing to log to
