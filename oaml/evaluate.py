@@ -48,6 +48,7 @@ def evaluate(cfg: DictConfig) -> dict[str, float]:
         cfg.trusted,
         mask_val_set_names=datamodule.mask_val_set_names,
         weighting=cfg.weighting,
+        val_erasure=cfg.val.get("erase", "own"),
     )
     trainer: pl.Trainer = instantiate(cfg.trainer, logger=False, callbacks=[], default_root_dir=str(run_dir))
     trainer.validate(model, datamodule=datamodule, verbose=False)

@@ -47,15 +47,31 @@ class FaceFeatures:
 
 
 @torch.no_grad()
-def embed_faces(backbone: nn.Module, images: Tensor, flip: bool = True) -> FaceFeatures:
+def embed_faces(
+    backbone: nn.Module, images: Tensor, flip: bool = True, pair_erasure: bool = False
+) -> FaceFeatures:
     """Embed normalised images [N,3,H,W]; with ``flip`` the mirror's raw embedding is added to the image's.
 
-    Feature maps and visibility are always the unflipped view's (see the module docstring).
+    Feature maps and visibility are always the unflipped view's (see the module docstring). With
+    ``pair_erasure`` and a backbone that erases hidden cells (``occlusion.erase``), the images are pairs
+    (2i, 2i+1) and both faces of a pair are erased where *either* is hidden (``val.erase: pair``): both
+    embeddings then describe the same part of the face. The returned visibility stays each face's own.
     """
-    embedding, norm, visibility, feature_maps = backbone(images, return_occlusion=True)
+    erase = None
+    if pair_erasure and getattr(backbone, "occlusion_erase", False):
+        if images.shape[0] % 2:
+            raise ValueError(
+                "pair erasure needs whole pairs (an even number of images, pair i = rows 2i, 2i+1)"
+            )
+        own = backbone.occlusion(images)
+        erase = torch.minimum(own[0::2], own[1::2]).repeat_interleave(2, dim=0)
+    extra = {} if erase is None else {"erase_visibility": erase}
+    embedding, norm, visibility, feature_maps = backbone(images, return_occlusion=True, **extra)
     raw = embedding * norm
     if flip:
-        embedding_f, norm_f = backbone(torch.flip(images, dims=[3]))
+        # A grid cell's pixel block mirrors onto the mirrored cell's block exactly (the grid divides the image).
+        extra_f = {} if erase is None else {"erase_visibility": torch.flip(erase, dims=[3])}
+        embedding_f, norm_f = backbone(torch.flip(images, dims=[3]), **extra_f)
         raw = raw + embedding_f * norm_f
     return FaceFeatures(F.normalize(raw.float(), dim=1), feature_maps.float(), visibility.float())
 

@@ -78,6 +78,7 @@ def build_model(
         erase_source=cfg.occlusion.get("erase_source", "predicted"),
         main_visibility_known=main_visibility_known,
         fusion=OmegaConf.to_container(cfg.val.fusion),
+        val_erasure=cfg.val.get("erase", "own"),
         val_set_names=val_set_names,
         mask_val_set_names=mask_val_set_names,
         checkpoint_info={
@@ -142,6 +143,7 @@ def model_from_checkpoint(
     trusted: bool = False,
     mask_val_set_names: Sequence[str] = (),
     weighting: str | None = None,
+    val_erasure: str = "own",
 ) -> OAMLModule:
     """Rebuild the trained model (weights loaded strictly) for validation only: no optimizer.
 
@@ -190,6 +192,7 @@ def model_from_checkpoint(
         occlusion_loss=OcclusionLoss(),
         loss_weights={},
         fusion=fusion,
+        val_erasure=val_erasure,
         val_set_names=val_set_names,
         mask_val_set_names=mask_val_set_names,
         checkpoint_info=info,

@@ -35,6 +35,8 @@ from oaml.training.gather import gather_by_index
 
 LOSS_NAMES = ("adaface", "qaconv", "occlusion")
 NUM_FOLDS = 10
+# val.erase (with occlusion.erase): each face erased by its own map, or both faces of a pair by their union.
+VAL_ERASURES = ("own", "pair")
 
 
 def split_weight_decay(modules: Sequence[nn.Module]) -> tuple[list[nn.Parameter], list[nn.Parameter]]:
@@ -69,6 +71,7 @@ class OAMLModule(pl.LightningModule):
         erase_source: str = "predicted",
         main_visibility_known: bool = True,
         fusion: Mapping[str, float] | None = None,
+        val_erasure: str = "own",
         val_set_names: Sequence[str] = (),
         mask_val_set_names: Sequence[str] = (),
         checkpoint_info: Mapping[str, Any] | None = None,
@@ -100,6 +103,9 @@ class OAMLModule(pl.LightningModule):
         self.score_norm = ImpostorScoreNorm(("adaface", "qaconv"))
         self.main_visibility_known = main_visibility_known
         self.fusion = dict(fusion or {"adaface": 0.5, "qaconv": 0.5})
+        if val_erasure not in VAL_ERASURES:
+            raise ConfigError(f"val.erase must be one of {VAL_ERASURES}, got {val_erasure!r}")
+        self.val_erasure = val_erasure
         self.val_set_names = list(val_set_names)
         unknown_masks = sorted(set(mask_val_set_names) - set(self.val_set_names))
         if unknown_masks:
@@ -302,7 +308,7 @@ class OAMLModule(pl.LightningModule):
         if self._is_mask_set(dataloader_idx):
             return self._mask_validation_step(batch, dataloader_idx)
         images, visibility, pair_index, issame = batch
-        features = embed_faces(self.backbone, images)
+        features = embed_faces(self.backbone, images, pair_erasure=self.val_erasure == "pair")
         first, second = split_pairs(features)
         scores = score_pairs(first, second, self.matcher, self.fusion, self.score_norm)
         target = downsample_visibility(visibility, tuple(features.visibility.shape[-2:]))

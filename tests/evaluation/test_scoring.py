@@ -129,3 +129,34 @@ def test_impostor_normalised_fusion(features: FaceFeatures) -> None:
     torch.testing.assert_close(scores["fused"], expected)
     with pytest.raises(ValueError, match=r"val\.fusion\.normalize"):
         score_pairs(first, second, matcher, {**fusion, "normalize": "zscore"}, norm)
+
+
+def test_pair_erasure_erases_both_faces_where_either_is_hidden() -> None:
+    """val.erase=pair: each face of pair (2i, 2i+1) is embedded erased by the union of both faces' hidden
+    cells (mirror view included), not by its own map alone."""
+    torch.manual_seed(0)
+    model = IResNet(**{**TINY, "occlusion_input_stage": "image", "occlusion_erase": True}).eval()
+    with torch.no_grad():
+        model.occlusion_head.conv2.weight.normal_(0.0, 3.0)  # a map with hidden and visible cells
+    images = torch.randn(4, 3, 112, 112)
+    own = model.occlusion_head(images)
+    union = torch.minimum(own[0::2], own[1::2]).repeat_interleave(2, dim=0)
+    assert (own >= 0.5).any() and (union < 0.5).sum() > (own < 0.5).sum()
+
+    features = embed_faces(model, images, pair_erasure=True)
+    embedding, norm = model(images, erase_visibility=union)
+    mirrored, norm_m = model(torch.flip(images, dims=[3]), erase_visibility=torch.flip(union, dims=[3]))
+    torch.testing.assert_close(features.embedding, F.normalize(embedding * norm + mirrored * norm_m, dim=1))
+    torch.testing.assert_close(features.visibility, own)  # each face's own map, for the metrics
+    assert not torch.allclose(features.embedding, embed_faces(model, images).embedding)
+    # Pixels only the partner hides (here: all of them, repainted) no longer reach the embedding.
+    keep = F.interpolate((union >= 0.5).float(), size=(112, 112), mode="nearest")
+    repainted = images * keep + torch.randn_like(images) * 4 * (1 - keep)
+    torch.testing.assert_close(model(repainted, erase_visibility=union)[0], embedding)
+
+
+def test_val_erase_must_be_own_or_pair() -> None:
+    from oaml.training.module import OAMLModule
+
+    with pytest.raises(ValueError, match="val.erase"):
+        OAMLModule(*[torch.nn.Identity()] * 5, loss_weights={}, val_erasure="both")

@@ -68,3 +68,11 @@ def test_erasure_in_training_follows_the_configured_source(tiny_train_config, tm
     )
     record = json.loads((probe_dir / "erasure.json").read_text())
     assert len(record) == 2 and all(v == (source == "target") for v in record.values()), record
+
+
+def test_val_erase_reaches_the_model(tiny_train_config) -> None:
+    from oaml.training.build import build_model
+
+    cfg = tiny_train_config("occlusion.erase=true", "val.erase=pair")
+    assert build_model(cfg, num_classes=4, val_set_names=["s"]).val_erasure == "pair"
+    assert build_model(tiny_train_config(), num_classes=4, val_set_names=["s"]).val_erasure == "own"
