@@ -4,7 +4,9 @@
 # default recipe (ir_nano, synthetic faces, 300 steps, validation on the same 600 + 600 held-out pairs,
 # val.seed 0) with the overrides of its configuration; `real_*` configurations use experiment=real_faces_dev
 # (LFW faces of ../shared/realfaces, validation on lfw_dev.bin and its occluded twin) for 20 epochs.
-# Usage: run.sh TABLE [SEEDS...]     TABLE: head | matching | real      (default seeds: 42 1 7)
+# Usage: run.sh TABLE [SEEDS...]     TABLE: head | matching | erase | real      (default seeds: 42 1 7)
+# Erasing runs (ET2*) are also scored with both faces of a pair erased where either is hidden (val.erase=pair):
+# `python -m oaml.evaluate` of their last.ckpt into ROOT/<config>_pair_s<seed>/.
 # Then:  python experiments/occlusion_awareness/table.py outputs/oa --configs ...   (see README.md)
 set -euo pipefail
 # (occlusion.weighting_start_step stays 0 and val.fusion at conf/val's default in every row)
@@ -13,10 +15,14 @@ table=$1; shift
 seeds=${*:-42 1 7}
 root=${ROOT:-outputs/oa}
 # Every configuration names all the keys the study varies, so that changing a default never changes a row.
-final_head="occlusion.input_stage=-1 occlusion.hidden_channels=128 occlusion.layers=0"
+no_erase="occlusion.erase=false val.erase=own"
+final_head="occlusion.input_stage=-1 occlusion.hidden_channels=128 occlusion.layers=0 $no_erase"
 spec_head="loss.occlusion_loss.kind=mse loss.occlusion=0.1 loss.occlusion_loss.hidden_weight=1.0 $final_head"
 bce="loss.occlusion_loss.kind=bce loss.occlusion=1.0 loss.occlusion_loss.hidden_weight=1.0"
-image_head="$bce occlusion.input_stage=image occlusion.hidden_channels=64 occlusion.layers=0"
+image_head="$bce occlusion.input_stage=image occlusion.hidden_channels=64 occlusion.layers=0 $no_erase"
+# The deeper image head of table 4 (two more conv3x3 layers, width 128), and erasure before the body.
+image_head2="$bce occlusion.input_stage=image occlusion.hidden_channels=128 occlusion.layers=2"
+erase="occlusion.erase=true occlusion.erase_source=target"
 real="experiment=real_faces_dev trainer.max_epochs=20 optimizer.lr_scheduler.milestones=[14,18]"
 declare -A configs
 case $table in
@@ -37,12 +43,19 @@ case $table in
             [N_img]="occlusion.weighting=none $image_head"
             [V_img]="occlusion.weighting=covisible $image_head"
         ) ;;
+    erase)  # table 4: the deeper head; the body reading the image with the hidden cells erased (ET2) or not (N2)
+        configs=(
+            [N2]="occlusion.weighting=none $image_head2 $no_erase"
+            [ET2]="occlusion.weighting=none $image_head2 $erase val.erase=own"
+        ) ;;
     real)
         configs=(
+            [REAL_N2]="occlusion.weighting=none $image_head2 $no_erase $real"
+            [REAL_ET2]="occlusion.weighting=none $image_head2 $erase val.erase=own $real"
             [REAL_N_img]="occlusion.weighting=none $image_head $real"
             [REAL_V_img]="occlusion.weighting=covisible $image_head $real"
         ) ;;
-    *) echo "unknown table $table (head | matching | real)" >&2; exit 2 ;;
+    *) echo "unknown table $table (head | matching | erase | real)" >&2; exit 2 ;;
 esac
 for seed in $seeds; do
     for name in "${!configs[@]}"; do
@@ -51,5 +64,14 @@ for seed in $seeds; do
         # shellcheck disable=SC2086
         .venv/bin/python -m oaml.train ${configs[$name]} seed="$seed" hydra.run.dir="$dir" print_metrics=false \
             callbacks.progress_bar=null trainer.enable_progress_bar=false
+    done
+    for name in "${!configs[@]}"; do
+        dir="$root/${name}_s$seed"
+        pair_dir="$root/${name}_pair_s$seed"
+        [[ $name == *ET2* && ! -e "$pair_dir/metrics.json" ]] || continue
+        val=()
+        [[ $name == REAL_* ]] && val=(val.bin=../shared/realfaces/test/lfw_dev.bin val.cache_dir=outputs/val_cache)
+        .venv/bin/python -m oaml.evaluate "${val[@]}" ckpt="$dir/checkpoints/last.ckpt" val.erase=pair \
+            hydra.run.dir="$pair_dir" print_metrics=false
     done
 done

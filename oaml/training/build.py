@@ -62,6 +62,20 @@ def build_model(
             loss_weights["occlusion"],
         )
         loss_weights["occlusion"] = 0.0
+    if getattr(backbone, "occlusion_erase", False) and loss_weights["occlusion"] == 0:
+        # An untrained head would erase arbitrary cells of every face at test time.
+        if occlusion_supervised:
+            raise ConfigError(
+                "occlusion.erase=true erases what the OcclusionHead calls hidden, but loss.occlusion=0 leaves "
+                "the head untrained: set loss.occlusion > 0 or occlusion.erase=false"
+            )
+        log.warning(
+            "No visibility targets: the OcclusionHead cannot learn, so nothing is erased (occlusion.erase -> false)."
+        )
+        backbone.occlusion_erase = False
+    backbone_info = OmegaConf.to_container(cfg.backbone, resolve=True)
+    if "occlusion_erase" in backbone_info:  # what the checkpoint rebuilds: the backbone as trained
+        backbone_info["occlusion_erase"] = bool(getattr(backbone, "occlusion_erase", False))
     return OAMLModule(
         backbone=backbone,
         margin_head=head,
@@ -82,7 +96,7 @@ def build_model(
         val_set_names=val_set_names,
         mask_val_set_names=mask_val_set_names,
         checkpoint_info={
-            "backbone": OmegaConf.to_container(cfg.backbone, resolve=True),
+            "backbone": backbone_info,
             "head": OmegaConf.to_container(cfg.head, resolve=True),
             "matcher": OmegaConf.to_container(cfg.matcher, resolve=True),
             "num_classes": num_classes,

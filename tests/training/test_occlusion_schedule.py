@@ -73,6 +73,20 @@ def test_erasure_in_training_follows_the_configured_source(tiny_train_config, tm
 def test_val_erase_reaches_the_model(tiny_train_config) -> None:
     from oaml.training.build import build_model
 
-    cfg = tiny_train_config("occlusion.erase=true", "val.erase=pair")
-    assert build_model(cfg, num_classes=4, val_set_names=["s"]).val_erasure == "pair"
-    assert build_model(tiny_train_config(), num_classes=4, val_set_names=["s"]).val_erasure == "own"
+    for erase in ("own", "pair"):
+        cfg = tiny_train_config("occlusion.erase=true", f"val.erase={erase}")
+        assert build_model(cfg, num_classes=4, val_set_names=["s"]).val_erasure == erase
+
+
+def test_erasure_needs_a_trained_head(tiny_train_config) -> None:
+    """An untrained OcclusionHead would erase arbitrary cells: loss.occlusion=0 with erasure is refused, and
+    data without any visibility target switch erasure off, in the model and in what its checkpoint rebuilds."""
+    from oaml.errors import ConfigError
+    from oaml.training.build import build_model
+
+    with pytest.raises(ConfigError, match="loss.occlusion"):
+        build_model(tiny_train_config("occlusion.erase=true", "loss.occlusion=0"), 4, ["s"])
+    model = build_model(tiny_train_config("occlusion.erase=true"), 4, ["s"], occlusion_supervised=False)
+    assert not model.backbone.occlusion_erase and not model.checkpoint_info["backbone"]["occlusion_erase"]
+    model = build_model(tiny_train_config("occlusion.erase=true"), 4, ["s"])
+    assert model.backbone.occlusion_erase and model.checkpoint_info["backbone"]["occlusion_erase"]
