@@ -17,7 +17,7 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
-from oaml.errors import ConfigError
+from oaml.errors import ConfigError, MissingFileError
 from oaml.losses import OcclusionLoss, PairwiseMatchingLoss
 from oaml.models import AdaFace, load_adaface_state
 from oaml.models.qaconv import WEIGHTINGS
@@ -136,7 +136,12 @@ def loss_weights_from_config(loss_cfg: Any) -> dict[str, float]:
 
 def initialise_from_adaface(backbone: nn.Module, head: nn.Module, path: str) -> None:
     """Start training from a released AdaFace ``.ckpt`` (``model.init_from=PATH``), saying what was taken."""
-    report = load_adaface_state(backbone, path, head=head if isinstance(head, AdaFace) else None)
+    try:
+        report = load_adaface_state(backbone, path, head=head if isinstance(head, AdaFace) else None)
+    except FileNotFoundError as error:  # one line for the user, naming the key (oaml.errors)
+        raise MissingFileError(f"model.init_from: {error}; give the path of an AdaFace .ckpt") from error
+    except ValueError as error:
+        raise ConfigError(f"model.init_from={path}: {error}") from error
     log.info(
         "Initialised the backbone from %s; new (randomly initialised) keys: %s; unused checkpoint keys: %s",
         path,

@@ -44,3 +44,16 @@ def test_init_from_reports_a_head_of_another_class_count(tiny_train_config, tmp_
     )
     assert model.margin_head.kernel.shape == (512, 12)
     assert "head not loaded" in caplog.text and "30 classes" in caplog.text
+
+
+def test_a_bad_init_from_is_a_user_error_naming_the_key(tiny_train_config, tmp_path) -> None:
+    """Entry points print user errors as one line (oaml.errors): a missing or foreign file must be one."""
+    import pytest
+
+    from oaml.errors import UserError
+
+    with pytest.raises(UserError, match=r"model.init_from.*nope\.ckpt"):
+        build_model(tiny_train_config(f"model.init_from={tmp_path / 'nope.ckpt'}"), 4, ["s"])
+    torch.save({"state_dict": {"something.else": torch.zeros(1)}}, tmp_path / "foreign.ckpt")
+    with pytest.raises(UserError, match=r"model.init_from=.*foreign\.ckpt"):
+        build_model(tiny_train_config(f"model.init_from={tmp_path / 'foreign.ckpt'}"), 4, ["s"])
