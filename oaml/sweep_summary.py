@@ -25,6 +25,7 @@ import csv
 import io
 import json
 import math
+import os
 import re
 import statistics
 import sys
@@ -323,6 +324,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.plot is not None and args.plot.suffix != ".png":
         parser.error(f"--plot {args.plot}: the file name must end in .png")
 
+    try:
+        return _summarize_sweep(args)
+    except (ValueError, FileNotFoundError) as error:  # bad input: one line, as the other entry points say it
+        if os.environ.get("HYDRA_FULL_ERROR") == "1":
+            raise
+        print(f"Error: {error}", file=sys.stderr)
+        return 1
+
+
+def _summarize_sweep(args: argparse.Namespace) -> int:
+    """Print (and write, and plot) the summary ``main`` parsed the arguments for."""
     jobs = find_jobs(args.sweep_dir)
     header, rows, metric, mode = summarize(jobs, args.metric, args.mode, args.columns)
     direction = "highest" if mode == "max" else "lowest"

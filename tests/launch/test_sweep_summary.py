@@ -137,3 +137,13 @@ def test_bad_input_gets_a_clear_error(sweep: Path, tmp_path: Path) -> None:
         summarize(find_jobs(sweep), metric="val/lfw/fused_acc")
     with pytest.raises(SystemExit):
         main([str(sweep), "--out", str(tmp_path / "table.xlsx")])
+
+
+def test_the_command_reports_bad_input_in_one_line(sweep: Path, tmp_path: Path, capsys, monkeypatch) -> None:
+    monkeypatch.delenv("HYDRA_FULL_ERROR", raising=False)
+    assert main([str(tmp_path / "nowhere")]) == 1
+    assert capsys.readouterr().err.strip().splitlines() == [
+        f"Error: sweep directory {tmp_path / 'nowhere'} does not exist"
+    ]
+    assert main([str(sweep), "--metric", "val/lfw/fused_acc"]) == 1
+    assert "Error: no job reported the metric 'val/lfw/fused_acc'" in capsys.readouterr().err
