@@ -12,11 +12,9 @@ import sys
 
 import torch
 import torch.nn.functional as F
+from test_time_masks import study_val_pairs  # this folder's script (on sys.path when run as one)
 
-from oaml.data.normalize import normalize_faces
-from oaml.data.synthetic import SyntheticPairs
 from oaml.evaluation.metrics import verification_report
-from oaml.losses.occlusion import downsample_visibility
 from oaml.models import IResNet
 from oaml.training.build import model_from_checkpoint
 from oaml.training.checkpoint import load_checkpoint
@@ -45,20 +43,8 @@ def main(checkpoint_path: str) -> None:
     print(f"{checkpoint_path} ({'erasing' if backbone.occlusion_erase else 'not erasing'})")
     print("| pairs | erased by | adaface | qaconv | qaconv covisible |\n|---|---|---:|---:|---:|")
     for occluded in (False, True):
-        pairs = SyntheticPairs(
-            num_pairs=600,
-            num_identities=300,
-            seed=0,
-            image_size=112,
-            first_identity=100000,
-            occluded=occluded,
-        )
-        images, masks = zip(*(pairs[i] for i in range(len(pairs))))
-        x = normalize_faces(torch.stack(images))
-        maps = {
-            "predicted": backbone.occlusion_head(x),
-            "true": downsample_visibility(torch.stack(masks).float(), (7, 7)),
-        }
+        pairs, x, truth = study_val_pairs(occluded)
+        maps = {"predicted": backbone.occlusion_head(x), "true": truth}
         variants = {"nothing": (None, None)} if not backbone.occlusion_erase else {}
         for source, vis in maps.items():
             first, second = vis[0::2], vis[1::2]

@@ -44,6 +44,17 @@ def pair_scores(qa, corr: torch.Tensor, vis_a, vis_b, power: float) -> torch.Ten
     ) @ weight
 
 
+def study_val_pairs(occluded: bool) -> tuple[SyntheticPairs, torch.Tensor, torch.Tensor]:
+    """The study's 600 synthetic val pairs (``conf/val/synthetic.yaml``, val.seed 0): the set, its normalised
+    images (pair i = rows 2i, 2i+1) and their true visibility on the 7x7 grid."""
+    pairs = SyntheticPairs(
+        num_pairs=600, num_identities=300, seed=0, image_size=112, first_identity=100000, occluded=occluded
+    )
+    images, masks = zip(*(pairs[i] for i in range(len(pairs))))
+    truth = downsample_visibility(torch.stack(masks).float(), (7, 7))
+    return pairs, normalize_faces(torch.stack(images)), truth
+
+
 @torch.no_grad()
 def main(checkpoint_path: str) -> None:
     checkpoint = load_checkpoint(checkpoint_path, trusted=True)
@@ -53,17 +64,8 @@ def main(checkpoint_path: str) -> None:
     model.eval()
     rows: dict[str, list[float]] = {}
     for occluded in (False, True):
-        pairs = SyntheticPairs(
-            num_pairs=600,
-            num_identities=300,
-            seed=0,
-            image_size=112,
-            first_identity=100000,
-            occluded=occluded,
-        )
-        images, masks = zip(*(pairs[i] for i in range(len(pairs))))
-        features = embed_faces(model.backbone, normalize_faces(torch.stack(images)))
-        truth = downsample_visibility(torch.stack(masks).float(), (7, 7))
+        pairs, images, truth = study_val_pairs(occluded)
+        features = embed_faces(model.backbone, images)
         maps = F.normalize(features.feature_maps, dim=1).flatten(2).transpose(1, 2)
         corr = torch.bmm(maps[0::2], maps[1::2].transpose(1, 2))
         variants = {"none": (None, None, 0.0)}
