@@ -11,34 +11,24 @@ from __future__ import annotations
 import sys
 
 import torch
-import torch.nn.functional as F
-from test_time_masks import study_val_pairs  # this folder's script (on sys.path when run as one)
+from test_time_masks import study_model, study_val_pairs  # this folder's script (on sys.path when run as one)
 
 from oaml.evaluation.metrics import verification_report
+from oaml.evaluation.scoring import FaceFeatures, embed_faces
 from oaml.models import IResNet
-from oaml.training.build import model_from_checkpoint
-from oaml.training.checkpoint import load_checkpoint
 
 
-def embed(backbone: IResNet, images: torch.Tensor, erase: torch.Tensor | None):
-    """(flip-fused unit embeddings, unflipped feature maps) with the body reading ``images`` erased by ``erase``
-    (None: the backbone's own behaviour)."""
-    if not backbone.occlusion_erase and erase is not None:
-        images, erase = IResNet.erase_hidden(images, erase), None
-    extra = {} if erase is None else {"erase_visibility": erase}
-    extra_f = {} if erase is None else {"erase_visibility": torch.flip(erase, dims=[3])}
-    embedding, norm, _, maps = backbone(images, return_occlusion=True, **extra)
-    embedding_f, norm_f = backbone(torch.flip(images, dims=[3]), **extra_f)
-    return F.normalize(embedding * norm + embedding_f * norm_f, dim=1), maps
+def embed(backbone: IResNet, images: torch.Tensor, erase: torch.Tensor | None) -> FaceFeatures:
+    """The scorer's features with the body reading ``images`` erased by ``erase`` (None: the backbone's own
+    behaviour); a backbone trained without erasure reads the erased images."""
+    if erase is not None and not backbone.occlusion_erase:
+        return embed_faces(backbone, IResNet.erase_hidden(images, erase))
+    return embed_faces(backbone, images, erase_visibility=erase)
 
 
 @torch.no_grad()
 def main(checkpoint_path: str) -> None:
-    checkpoint = load_checkpoint(checkpoint_path, trusted=True)
-    model = model_from_checkpoint(
-        checkpoint, {"adaface": 0.5, "qaconv": 0.5}, ["pairs"], checkpoint_path, True
-    )
-    model.eval()
+    model = study_model(checkpoint_path)
     backbone, matcher = model.backbone, model.matcher
     print(f"{checkpoint_path} ({'erasing' if backbone.occlusion_erase else 'not erasing'})")
     print("| pairs | erased by | adaface | qaconv | qaconv covisible |\n|---|---|---:|---:|---:|")
@@ -52,15 +42,16 @@ def main(checkpoint_path: str) -> None:
             variants[f"own {source} map"] = (first, second)
             variants[f"pair's union, {source}"] = (union, union)
         for name, (erase_a, erase_b) in variants.items():
-            embedding_a, maps_a = embed(backbone, x[0::2], erase_a)
-            embedding_b, maps_b = embed(backbone, x[1::2], erase_b)
+            face_a, face_b = embed(backbone, x[0::2], erase_a), embed(backbone, x[1::2], erase_b)
+            # covisible weighting by the cells erased (by the head's own map where nothing was)
+            vis_a = face_a.visibility if erase_a is None else erase_a
+            vis_b = face_b.visibility if erase_b is None else erase_b
             weighting = matcher.weighting
             matcher.weighting = "covisible"
-            vis_a = maps["predicted"][0::2] if erase_a is None else erase_a
-            vis_b = maps["predicted"][1::2] if erase_b is None else erase_b
-            covisible = matcher.pair_scores(maps_a, maps_b, vis_a, vis_b)
+            covisible = matcher.pair_scores(face_a.feature_maps, face_b.feature_maps, vis_a, vis_b)
             matcher.weighting = weighting
-            scores = ((embedding_a * embedding_b).sum(1), matcher.pair_scores(maps_a, maps_b), covisible)
+            cosine = (face_a.embedding * face_b.embedding).sum(1)
+            scores = (cosine, matcher.pair_scores(face_a.feature_maps, face_b.feature_maps), covisible)
             accs = [verification_report(s.numpy(), pairs.issame, num_folds=10)["acc"] for s in scores]
             print(
                 f"| {'occluded' if occluded else 'clean'} | {name} | "

@@ -20,6 +20,7 @@ from oaml.evaluation.scoring import embed_faces
 from oaml.losses.occlusion import downsample_visibility
 from oaml.training.build import model_from_checkpoint
 from oaml.training.checkpoint import load_checkpoint
+from oaml.training.module import OAMLModule
 
 
 def pair_scores(qa, corr: torch.Tensor, vis_a, vis_b, power: float) -> torch.Tensor:
@@ -55,13 +56,18 @@ def study_val_pairs(occluded: bool) -> tuple[SyntheticPairs, torch.Tensor, torch
     return pairs, normalize_faces(torch.stack(images)), truth
 
 
-@torch.no_grad()
-def main(checkpoint_path: str) -> None:
+def study_model(checkpoint_path: str) -> OAMLModule:
+    """A checkpoint of the study, rebuilt for scoring (eval mode)."""
     checkpoint = load_checkpoint(checkpoint_path, trusted=True)
     model = model_from_checkpoint(
         checkpoint, {"adaface": 0.5, "qaconv": 0.5}, ["pairs"], checkpoint_path, True
     )
-    model.eval()
+    return model.eval()
+
+
+@torch.no_grad()
+def main(checkpoint_path: str) -> None:
+    model = study_model(checkpoint_path)
     rows: dict[str, list[float]] = {}
     for occluded in (False, True):
         pairs, images, truth = study_val_pairs(occluded)

@@ -48,17 +48,25 @@ class FaceFeatures:
 
 @torch.no_grad()
 def embed_faces(
-    backbone: nn.Module, images: Tensor, flip: bool = True, pair_erasure: bool = False
+    backbone: nn.Module,
+    images: Tensor,
+    flip: bool = True,
+    pair_erasure: bool = False,
+    erase_visibility: Tensor | None = None,
 ) -> FaceFeatures:
     """Embed normalised images [N,3,H,W]; with ``flip`` the mirror's raw embedding is added to the image's.
 
     Feature maps and visibility are always the unflipped view's (see the module docstring). With
     ``pair_erasure`` and a backbone that erases hidden cells (``occlusion.erase``), the images are pairs
     (2i, 2i+1) and both faces of a pair are erased where *either* is hidden (``val.erase: pair``): both
-    embeddings then describe the same part of the face. The returned visibility stays each face's own.
+    embeddings then describe the same part of the face. ``erase_visibility`` ([N, 1, h, w]) gives such a
+    backbone the cells to erase directly (e.g. true masks, in a study). The returned visibility stays each
+    face's own.
     """
-    erase = None
+    erase = erase_visibility
     if pair_erasure and getattr(backbone, "occlusion_erase", False):
+        if erase is not None:
+            raise ValueError("embed_faces: give pair_erasure or erase_visibility, not both")
         if images.shape[0] % 2:
             raise ValueError(
                 "pair erasure needs whole pairs (an even number of images, pair i = rows 2i, 2i+1)"

@@ -148,6 +148,11 @@ def test_pair_erasure_erases_both_faces_where_either_is_hidden() -> None:
     mirrored, norm_m = model(torch.flip(images, dims=[3]), erase_visibility=torch.flip(union, dims=[3]))
     torch.testing.assert_close(features.embedding, F.normalize(embedding * norm + mirrored * norm_m, dim=1))
     torch.testing.assert_close(features.visibility, own)  # each face's own map, for the metrics
+    # The same cells given directly (how a study erases by true masks) embed the same way.
+    given = embed_faces(model, images, erase_visibility=union)
+    torch.testing.assert_close(given.embedding, features.embedding)
+    with pytest.raises(ValueError, match="not both"):
+        embed_faces(model, images, pair_erasure=True, erase_visibility=union)
     assert not torch.allclose(features.embedding, embed_faces(model, images).embedding)
     # Pixels only the partner hides (here: all of them, repainted) no longer reach the embedding.
     keep = F.interpolate((union >= 0.5).float(), size=(112, 112), mode="nearest")
