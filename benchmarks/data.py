@@ -1,7 +1,8 @@
 """Decoded images per second of the pure-Python RecordIO reader, for 0, 1, 2 DataLoader workers.
 
-Writes a temporary InsightFace-layout `train.rec` of 112x112 JPEGs (synthetic faces from oaml.data.synthetic,
-JPEG quality 95 like InsightFace's packs), then times full passes of a DataLoader over RecordIODataset.
+Writes a temporary InsightFace-layout `train.rec` of 112x112 JPEGs (synthetic faces from
+oaml.data.synthetic.datasets, JPEG quality 95 like InsightFace's packs), then times full passes of a
+DataLoader over RecordIODataset.
 Also times the start-up of a rec with header record (identity records) and of a shuffled rec without it
 (one header read per image).
 
@@ -23,10 +24,10 @@ import torch
 from PIL import Image
 from torch.utils.data import DataLoader
 
-from oaml.data.augment import AdaFaceAugment
-from oaml.data.recordio import RecordIODataset
-from oaml.data.recordio_format import write_recordio
-from oaml.data.synthetic import SyntheticFaces
+from oaml.data.formats.recordio import RecordIODataset
+from oaml.data.formats.recordio_format import write_recordio
+from oaml.data.pipeline.augment import AdaFaceAugment
+from oaml.data.synthetic.datasets import SyntheticFaces
 
 
 def _encoded_faces(count: int, unique: int, images_per_identity: int) -> list[tuple[bytes, int]]:

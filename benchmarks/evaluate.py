@@ -39,9 +39,9 @@ from common import compose_config, load_average, machine_line, synchronize
 from PIL import Image
 from torch.utils.data import DataLoader
 
-from oaml.data.normalize import normalize_faces
-from oaml.data.synthetic import SyntheticFaces
-from oaml.data.verification import BinVerificationDataset
+from oaml.data.formats.verification import BinVerificationDataset
+from oaml.data.pipeline.normalize import normalize_faces
+from oaml.data.synthetic.datasets import SyntheticFaces
 from oaml.evaluation.metrics import verification_report
 from oaml.evaluation.scoring import embed_faces, split_pairs
 from oaml.models.qaconv import WEIGHTINGS

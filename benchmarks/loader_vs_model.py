@@ -4,7 +4,7 @@ The loader side is the real training DataLoader of each data config (``OAMLDataM
 identity-balanced batches, keyed items, the config's own augmentation), for ``--workers`` worker counts:
 
 - ``synthetic``: faces rendered on the fly (the default run's data);
-- ``image_folder``: JPEG faces in identity folders (written once by ``oaml.data.export_synthetic``), with the
+- ``image_folder``: JPEG faces in identity folders (written once by ``oaml.data.synthetic.export``), with the
   config's occluder and AdaFace augmentations;
 - ``recordio``: the same faces packed in an InsightFace ``train.rec``, same augmentations.
 
@@ -29,8 +29,8 @@ from common import compose_config, interleaved_medians, machine_line
 from PIL import Image
 from train_step import Stepper, make_batch
 
-from oaml.data.export_synthetic import export_synthetic
-from oaml.data.recordio_format import write_recordio
+from oaml.data.formats.recordio_format import write_recordio
+from oaml.data.synthetic.export import export_synthetic
 from oaml.training.build import build_model
 
 

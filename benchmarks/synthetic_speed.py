@@ -14,7 +14,7 @@ import time
 import numpy as np
 import torch
 
-from oaml.data.synthetic import SyntheticFaces
+from oaml.data.synthetic.datasets import SyntheticFaces
 
 
 def cpu_seconds(dataset: SyntheticFaces, order: np.ndarray) -> tuple[float, float]:

@@ -29,8 +29,8 @@ import warnings
 import torch
 from common import compose_config, interleaved_medians, machine_line
 
-from oaml.data.normalize import normalize_faces
-from oaml.data.synthetic import SyntheticFaces
+from oaml.data.pipeline.normalize import normalize_faces
+from oaml.data.synthetic.datasets import SyntheticFaces
 from oaml.losses.occlusion import downsample_visibility
 from oaml.training.build import build_model
 from oaml.training.fast_paths import apply_fast_paths

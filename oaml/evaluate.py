@@ -14,8 +14,8 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf, open_dict
 
-from oaml.data.datamodule import OAMLDataModule
-from oaml.data.val_sets import build_mask_val_sets, build_val_sets
+from oaml.data.pipeline.datamodule import OAMLDataModule
+from oaml.data.pipeline.val_sets import build_mask_val_sets, build_val_sets
 from oaml.errors import report_user_errors
 from oaml.paths import CONF_DIR
 from oaml.training.build import model_from_checkpoint

@@ -66,7 +66,7 @@ def _monitor_of(config_path: Path) -> tuple[str | None, str]:
     """The metric (and direction) that picked the job's best.ckpt, read from its saved config: the checkpoint
     callback's monitor, else ``val.monitor``, else (null) training's own default for the job's val sets.
     For a trial of an Optuna search (``optimized_metric`` in its config): the metric the search optimised."""
-    from oaml.data.val_sets import resolve_monitor
+    from oaml.data.pipeline.val_sets import resolve_monitor
 
     config = OmegaConf.load(config_path)
     if "optimized_metric" in config:  # a trial of an Optuna search: its objective, in the search's direction

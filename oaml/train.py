@@ -15,7 +15,7 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.utils import instantiate
 from omegaconf import DictConfig, open_dict
 
-from oaml.data.val_sets import build_mask_val_sets, build_val_sets, resolve_monitor
+from oaml.data.pipeline.val_sets import build_mask_val_sets, build_val_sets, resolve_monitor
 from oaml.errors import report_user_errors
 from oaml.paths import CONF_DIR
 from oaml.training.build import build_model, loss_weights_from_config

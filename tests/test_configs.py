@@ -38,7 +38,7 @@ def test_every_option_of_a_group_composes(group: str) -> None:
 def test_casia_recipe_is_adaface_recipe_with_image_epochs() -> None:
     cfg = _compose("experiment=casia_ir50", "data.train.root=/data/casia", "val.root=/data/casia")
     assert cfg.backbone.name == "ir50"
-    assert cfg.data.train._target_ == "oaml.data.recordio.RecordIODataset"
+    assert cfg.data.train._target_ == "oaml.data.formats.recordio.RecordIODataset"
     assert cfg.data.batch_size == 512 and cfg.data.epoch_size == "images"
     assert list(cfg.optimizer.lr_scheduler.milestones) == [12, 20, 24] and cfg.trainer.max_epochs == 26
     assert cfg.optimizer.optimizer.lr == 0.1 and cfg.optimizer.optimizer.weight_decay == 5e-4
@@ -61,6 +61,19 @@ def test_the_real_data_augmentation_instantiates() -> None:
     cfg = _compose("data=recordio", "data.train.root=/nowhere")
     chain = instantiate(cfg.data.train.transform)
     assert [type(a).__name__ for a in chain.augmentations] == ["OccluderAugment", "AdaFaceAugment"]
+
+
+def test_real_faces_dev_recipe_trains_on_the_shared_faces_with_strong_augmentation() -> None:
+    cfg = _compose("experiment=real_faces_dev", "real_faces.root=/faces")
+    assert cfg.data.train._target_ == "oaml.data.formats.image_folder.ImageFolderDataset"
+    assert cfg.data.train.root == "/faces/train" and cfg.val.bin == "/faces/test/lfw_dev.bin"
+    chain = instantiate(cfg.data.train.transform)
+    kinds = [type(a).__name__ for a in chain.augmentations]
+    # occluders first (their masks are then warped and cropped with the face), AdaFace's flip last
+    assert kinds == ["OccluderAugment", "AlignmentJitter", "AdaFaceAugment"]
+    assert chain.augmentations[1].prob == 0.5 and chain.augmentations[2].crop_prob == 0.5
+    # 38 steps per epoch at batch 64: the schedule's milestones fall inside the run
+    assert cfg.data.batch_size == 64 and max(cfg.optimizer.lr_scheduler.milestones) < cfg.trainer.max_epochs
 
 
 def test_evaluate_config_composes_with_standard_sets() -> None:

@@ -36,7 +36,7 @@ def test_a_loader_worker_error_is_reported_as_what_the_worker_raised() -> None:
 
 
 def test_an_error_inside_instantiate_names_the_config_node() -> None:
-    node = {"_target_": "oaml.data.image_folder.ImageFolderDataset", "root": "/nonexistent/faces"}
+    node = {"_target_": "oaml.data.formats.image_folder.ImageFolderDataset", "root": "/nonexistent/faces"}
     with pytest.raises(InstantiationException) as caught:
         instantiate({"data": {"train": node}}).data.train  # noqa: B018
     user = find_user_error(caught.value)

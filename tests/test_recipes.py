@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from oaml.data.export_synthetic import export_synthetic
-from oaml.data.recordio_format import write_recordio
+from oaml.data.formats.recordio_format import write_recordio
+from oaml.data.synthetic.export import export_synthetic
 from oaml.train import train
 
 STANDARD_SETS = ("lfw", "cfp_fp", "agedb_30", "calfw", "cplfw")

@@ -9,7 +9,7 @@ import pytest
 import torch
 from conftest import compose_evaluate_config
 
-from oaml.data.export_synthetic import export_synthetic
+from oaml.data.synthetic.export import export_synthetic
 from oaml.evaluate import evaluate
 from oaml.train import train
 

@@ -13,8 +13,8 @@ import sys
 import torch
 import torch.nn.functional as F
 
-from oaml.data.normalize import normalize_faces
-from oaml.data.synthetic import SyntheticPairs
+from oaml.data.pipeline.normalize import normalize_faces
+from oaml.data.synthetic.datasets import SyntheticPairs
 from oaml.evaluation.metrics import verification_report
 from oaml.evaluation.scoring import embed_faces
 from oaml.losses.occlusion import downsample_visibility

@@ -21,14 +21,14 @@ from lightning.pytorch.utilities import rank_zero_warn
 from torch import Tensor
 from torchvision.utils import make_grid
 
-from oaml.data.normalize import check_channel_order
+from oaml.data.pipeline.normalize import check_channel_order
 
 HIDDEN_COLOR = (1.0, 0.0, 0.0)  # red: the colour hidden regions are tinted with
 GRID_PADDING = 2  # pixels between tiles (torchvision's make_grid default)
 
 
 def denormalize_faces(images: Tensor, channel_order: str = "rgb") -> Tensor:
-    """Undo ``oaml.data.normalize.normalize_faces``: network input in [-1, 1] -> RGB float in [0, 1].
+    """Undo ``oaml.data.pipeline.normalize.normalize_faces``: network input in [-1, 1] -> RGB float in [0, 1].
 
     ``bgr`` input is flipped back to RGB, so faces always look right whatever the model was fed.
     """
@@ -213,7 +213,7 @@ def _channel_order(trainer: pl.Trainer) -> str:
     if order is None:
         raise ValueError(
             "VisibilityImageLogger needs the data module's `channel_order` (rgb or bgr) to show faces in "
-            "their true colours; train with oaml.data.datamodule.OAMLDataModule"
+            "their true colours; train with oaml.data.pipeline.datamodule.OAMLDataModule"
         )
     return order
 

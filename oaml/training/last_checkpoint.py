@@ -29,7 +29,7 @@ class LastCheckpoint(pl.Callback):
     step (None: never in mid-epoch) and after the run's final step.
 
     Long epochs (an MS1MV2 epoch is 11k steps at batch 512) want step checkpoints: a killed job then loses at
-    most ``every_n_train_steps`` steps, and the resume from mid-epoch is exact (``oaml.data.item_keys``). The
+    most ``every_n_train_steps`` steps, and the resume from mid-epoch is exact (``oaml.data.pipeline.item_keys``). The
     final step is the one that reaches ``trainer.max_steps``, or the last batch of the last epoch, so a
     run stopped by either limit always leaves its final weights (with optimizer and loop state).
     """

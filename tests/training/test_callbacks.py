@@ -14,7 +14,7 @@ from hydra.utils import instantiate
 from PIL import Image
 from tensorboard.backend.event_processing import event_accumulator
 
-from oaml.data.normalize import normalize_faces
+from oaml.data.pipeline.normalize import normalize_faces
 from oaml.evaluation.scoring import embed_faces
 from oaml.train import train
 from oaml.training.build import model_from_checkpoint

@@ -27,7 +27,7 @@ from hydra.core.global_hydra import GlobalHydra
 from hydra.utils import instantiate
 from lightning.pytorch.strategies import DDPStrategy
 
-from oaml.data.pair_sharding import PairShardSampler
+from oaml.data.pipeline.pair_sharding import PairShardSampler
 
 # Not imported from conftest at module level (as in batch_records): conftest resets torch's thread count.
 REPO = Path(__file__).resolve().parents[2]
@@ -125,7 +125,7 @@ def test_trainer_ddp_cpu_composes_to_two_cpu_processes(tmp_path: Path) -> None:
 @pytest.fixture(scope="module")
 def niqab_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A synthetic niqab mask set of 30 faces (held out at val_fraction 0.5: 15, split 7 / 8 over 2 ranks)."""
-    from oaml.data.export_synthetic import export_synthetic
+    from oaml.data.synthetic.export import export_synthetic
 
     out = tmp_path_factory.mktemp("exported") / "data"
     export_synthetic(

@@ -10,7 +10,7 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
-from oaml.data.pair_sharding import PairShardSampler
+from oaml.data.pipeline.pair_sharding import PairShardSampler
 from oaml.training.gather import gather_by_index
 
 NUM_PAIRS = 11

@@ -16,7 +16,7 @@ import pytest
 import torch
 from conftest import LOOP_TINY, REPO, TINY_OVERRIDES
 
-from oaml.data.export_synthetic import export_synthetic
+from oaml.data.synthetic.export import export_synthetic
 from oaml.train import train
 
 HERE = Path(__file__).resolve().parent
