@@ -4,7 +4,7 @@
 # default recipe (ir_nano, synthetic faces, 300 steps, validation on the same 600 + 600 held-out pairs,
 # val.seed 0) with the overrides of its configuration; `real_*` configurations use experiment=real_faces_dev
 # (LFW faces of ../shared/realfaces, validation on lfw_dev.bin and its occluded twin) for 20 epochs.
-# Usage: run.sh TABLE [SEEDS...]     TABLE: head | matching | erase | real      (default seeds: 42 1 7)
+# Usage: run.sh TABLE [SEEDS...]     TABLE: head | matching | erase | real | recipe   (default seeds: 42 1 7)
 # Erasing runs (ET2*) are also scored with both faces of a pair erased where either is hidden (val.erase=pair):
 # `python -m oaml.evaluate` of their last.ckpt into ROOT/<config>_pair_s<seed>/.
 # Then:  python experiments/occlusion_awareness/table.py outputs/oa --configs ...   (see README.md)
@@ -55,7 +55,13 @@ case $table in
             [REAL_N_img]="occlusion.weighting=none $image_head $real"
             [REAL_V_img]="occlusion.weighting=covisible $image_head $real"
         ) ;;
-    *) echo "unknown table $table (head | matching | erase | real)" >&2; exit 2 ;;
+    recipe)  # the full real_faces_dev recipe (40 epochs, crop/photometric 0.5, AlignmentJitter 0.5), table 6
+        configs=(
+            [REAL40_N2]="occlusion.weighting=none $image_head2 $no_erase experiment=real_faces_dev"
+            [REAL40_N2_nojitter]="occlusion.weighting=none $image_head2 $no_erase experiment=real_faces_dev data.train.transform.augmentations.1.prob=0.0"
+            [REAL40_ET2]="occlusion.weighting=none $image_head2 $erase val.erase=own experiment=real_faces_dev"
+        ) ;;
+    *) echo "unknown table $table (head | matching | erase | real | recipe)" >&2; exit 2 ;;
 esac
 for seed in $seeds; do
     for name in "${!configs[@]}"; do
@@ -70,7 +76,7 @@ for seed in $seeds; do
         pair_dir="$root/${name}_pair_s$seed"
         [[ $name == *ET2* && ! -e "$pair_dir/metrics.json" ]] || continue
         val=()
-        [[ $name == REAL_* ]] && val=(val.bin=../shared/realfaces/test/lfw_dev.bin val.cache_dir=outputs/val_cache)
+        [[ $name == REAL* ]] && val=(val.bin=../shared/realfaces/test/lfw_dev.bin val.cache_dir=outputs/val_cache)
         .venv/bin/python -m oaml.evaluate "${val[@]}" ckpt="$dir/checkpoints/last.ckpt" val.erase=pair \
             hydra.run.dir="$pair_dir" print_metrics=false
     done

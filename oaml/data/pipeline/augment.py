@@ -125,14 +125,17 @@ class OccluderAugment:
 
     The visibility returned is the incoming visibility times the occluder's mask (0 on occluder pixels), so
     it composes with other occlusion sources. The image is taken as an aligned face in the 112x112 template
-    (oaml.data.synthetic.occluders scales the template to other sizes).
+    (oaml.data.synthetic.occluders scales the template to other sizes). `match_grayscale`: occluders on grey
+    faces are drawn in grey (see `apply_occluder`).
     """
 
     # The visibility it returns is exact: the training code may supervise the OcclusionHead with it.
     provides_visibility = True
 
-    def __init__(self, probabilities: Mapping[str, float], seed: int = 0) -> None:
-        self.occluder = RandomOccluder(probabilities)
+    def __init__(
+        self, probabilities: Mapping[str, float], seed: int = 0, match_grayscale: bool = False
+    ) -> None:
+        self.occluder = RandomOccluder(probabilities, match_grayscale)
         self._rng = WorkerSeededGenerator(seed, "OccluderAugment")
 
     def __call__(self, image: torch.Tensor, visibility: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -144,7 +147,10 @@ class OccluderAugment:
         return out, visibility * torch.from_numpy(mask)[None]
 
     def __repr__(self) -> str:
-        return f"OccluderAugment({self.occluder.probabilities}, seed={self._rng.seed})"
+        return (
+            f"OccluderAugment({self.occluder.probabilities}, seed={self._rng.seed}, "
+            f"match_grayscale={self.occluder.match_grayscale})"
+        )
 
 
 def random_crop_box(

@@ -21,13 +21,21 @@ from oaml.errors import ConfigError
 class OccludedPairs(Dataset):
     """Wrap a verification set (items ``(image uint8 [3,H,W], visibility [1,H,W])``, attribute ``issame``)."""
 
-    def __init__(self, pairs: Dataset, kinds: Sequence[str] = OCCLUDER_TYPES, seed: int = 0) -> None:
+    def __init__(
+        self,
+        pairs: Dataset,
+        kinds: Sequence[str] = OCCLUDER_TYPES,
+        seed: int = 0,
+        match_grayscale: bool = False,
+    ) -> None:
         unknown = sorted(set(kinds) - set(OCCLUDER_TYPES))
         if unknown or not kinds:
             raise ConfigError(f"occluder kinds {unknown or list(kinds)} are not in {OCCLUDER_TYPES}")
         self.pairs = pairs
         self.kinds = tuple(kinds)
         self.seed = seed
+        # grey occluders on grey faces (apply_occluder): the same shapes and places either way
+        self.match_grayscale = bool(match_grayscale)
         self.issame = np.asarray(pairs.issame, dtype=bool)
         self.name = f"{getattr(pairs, 'name', 'pairs')}_occluded"
 
@@ -46,7 +54,9 @@ class OccludedPairs(Dataset):
         if side != occluded_side:
             return image, visibility
         rng = np.random.default_rng([self.seed, pair, 2])
-        occluded, mask = apply_occluder(image.permute(1, 2, 0).numpy(), kind, rng)
+        occluded, mask = apply_occluder(
+            image.permute(1, 2, 0).numpy(), kind, rng, match_grayscale=self.match_grayscale
+        )
         return (
             torch.from_numpy(np.ascontiguousarray(occluded)).permute(2, 0, 1),
             visibility * torch.from_numpy(mask)[None],

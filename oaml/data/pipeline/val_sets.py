@@ -28,7 +28,8 @@ def build_val_sets(val_cfg: Mapping[str, Any], seed: int = 0, image_size: int = 
     else:
         clean = BinVerificationDataset(bin_file, image_size, cache_dir=val_cfg.get("cache_dir"))
     name = Path(pairs or bin_file).stem
-    return {name: clean, f"{name}_occluded": OccludedPairs(clean, seed=seed)}
+    match_grayscale = bool(val_cfg.get("occluder_match_grayscale", False))
+    return {name: clean, f"{name}_occluded": OccludedPairs(clean, seed=seed, match_grayscale=match_grayscale)}
 
 
 def build_mask_val_sets(val_cfg: Mapping[str, Any]) -> dict[str, Dataset]:

@@ -377,8 +377,23 @@ def _check_image(image: np.ndarray) -> None:
         raise ValueError(f"image must be a numpy uint8 array of shape [H, W, 3] (RGB), got {got}")
 
 
+def is_grayscale(image: np.ndarray) -> bool:
+    """True when the three channels of an RGB image are equal everywhere (a grayscale photograph)."""
+    return bool((image[..., 0] == image[..., 1]).all() and (image[..., 1] == image[..., 2]).all())
+
+
+def to_luma(texture: np.ndarray) -> np.ndarray:
+    """A channel-first RGB texture [3, H, W] in grey: ITU-R BT.601 luma, the weights PIL's "L" mode uses."""
+    luma = 0.299 * texture[0] + 0.587 * texture[1] + 0.114 * texture[2]
+    return np.broadcast_to(luma[None], texture.shape)
+
+
 def apply_occluder(
-    image: np.ndarray, kind: str, rng: np.random.Generator, landmarks: np.ndarray | None = None
+    image: np.ndarray,
+    kind: str,
+    rng: np.random.Generator,
+    landmarks: np.ndarray | None = None,
+    match_grayscale: bool = False,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Draw one occluder of type ``kind`` onto a copy of an aligned face.
 
@@ -388,6 +403,10 @@ def apply_occluder(
         rng: the occluder's own generator: shape jitter, colour and texture come from it alone.
         landmarks: optional float [5, 2] (x, y) landmarks of this face in template order; when given the
             occluder follows them (posed faces), otherwise the aligned template is assumed.
+        match_grayscale: on a grayscale photograph draw the occluder in grey too. A coloured occluder on a grey
+            face is an image no camera takes, and it lets a visibility head find the occluder by colour alone
+            (LFW as distributed in some copies is grey). The colours are still drawn, so the same generator
+            gives the same shape either way.
 
     Returns:
         (occluded uint8 [H, W, 3], visibility float32 [H, W]) with visibility 0 exactly on the written pixels.
@@ -401,6 +420,8 @@ def apply_occluder(
     if tx.size == 0:  # the occluder lies entirely outside this image
         return image.copy(), visibility
     hidden, texture = shape(rng, tx, ty)
+    if match_grayscale and is_grayscale(image):
+        texture = to_luma(texture)
     # Channel-first select, so the per-pixel choice broadcasts over the leading (channel) axis.
     region = image[window].transpose(2, 0, 1)
     drawn = np.where(hidden[None], np.clip(texture, 0.0, 255.0).astype(np.uint8), region)
@@ -440,8 +461,9 @@ class RandomOccluder:
     a clean draw. Building block for the training augmentation of real faces as well as the synthetic data.
     """
 
-    def __init__(self, probabilities: Mapping[str, float]) -> None:
+    def __init__(self, probabilities: Mapping[str, float], match_grayscale: bool = False) -> None:
         self.probabilities = validate_occluder_probabilities(probabilities)
+        self.match_grayscale = bool(match_grayscale)
         self._kinds = list(self.probabilities)
         self._cumulative = np.cumsum([self.probabilities[k] for k in self._kinds])
 
@@ -457,8 +479,8 @@ class RandomOccluder:
         if kind is None:
             _check_image(image)
             return image.copy(), np.ones(image.shape[:2], dtype=np.float32), None
-        occluded, visibility = apply_occluder(image, kind, rng, landmarks)
+        occluded, visibility = apply_occluder(image, kind, rng, landmarks, self.match_grayscale)
         return occluded, visibility, kind
 
     def __repr__(self) -> str:
-        return f"RandomOccluder({self.probabilities})"
+        return f"RandomOccluder({self.probabilities}, match_grayscale={self.match_grayscale})"

@@ -7,7 +7,7 @@ from torch.utils.data import Dataset
 
 from oaml.data.pipeline.occluded_pairs import OccludedPairs
 from oaml.data.synthetic.datasets import SyntheticPairs
-from oaml.data.synthetic.occluders import OCCLUDER_TYPES
+from oaml.data.synthetic.occluders import OCCLUDER_TYPES, is_grayscale
 
 
 @pytest.fixture(scope="module")
@@ -45,3 +45,29 @@ def test_deterministic_per_seed(clean) -> None:
 def test_unknown_kind_is_rejected(clean) -> None:
     with pytest.raises(ValueError, match="scarf"):
         OccludedPairs(clean, kinds=["scarf"])
+
+
+class _GreyPairs(Dataset):
+    """The synthetic pairs in grey, as a grayscale LFW copy stores them."""
+
+    def __init__(self, pairs: Dataset) -> None:
+        self.pairs, self.issame, self.name = pairs, pairs.issame, "grey"
+
+    def __len__(self) -> int:
+        return len(self.pairs)
+
+    def __getitem__(self, index: int):
+        image, visibility = self.pairs[index][:2]
+        return image[:1].expand(3, -1, -1).clone(), visibility
+
+
+def test_match_grayscale_keeps_the_protocol_and_greys_the_occluder(clean) -> None:
+    grey = _GreyPairs(clean)
+    coloured, matched = OccludedPairs(grey, seed=1), OccludedPairs(grey, seed=1, match_grayscale=True)
+    any_colour = False
+    for index in range(len(grey)):
+        (a, vis_a), (b, vis_b) = coloured[index], matched[index]
+        assert torch.equal(vis_a, vis_b)  # the same occluders in the same places
+        assert is_grayscale(b.permute(1, 2, 0).numpy())
+        any_colour |= not is_grayscale(a.permute(1, 2, 0).numpy())
+    assert any_colour  # without the option the occluders stay coloured on the grey faces

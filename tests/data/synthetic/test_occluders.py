@@ -8,6 +8,7 @@ from oaml.data.synthetic.occluders import (
     OCCLUDER_TYPES,
     RandomOccluder,
     apply_occluder,
+    is_grayscale,
     similarity_from_landmarks,
     validate_occluder_probabilities,
 )
@@ -151,3 +152,24 @@ def test_bad_arguments_raise_clear_errors():
         validate_occluder_probabilities({"niqab": float("nan")})
     with pytest.raises(ValueError, match=r"uint8 array of shape \[H, W, 3\]"):
         apply_occluder(np.zeros((112, 112, 3), np.float32), "niqab", np.random.default_rng(0))
+
+
+@pytest.mark.parametrize("kind", OCCLUDER_TYPES)
+def test_match_grayscale_draws_grey_occluders_on_grey_faces_only(kind):
+    rng = np.random.default_rng(3)
+    grey = np.repeat(rng.integers(40, 200, size=(112, 112, 1), dtype=np.uint8), 3, axis=2)
+    colour = rng.integers(40, 200, size=(112, 112, 3), dtype=np.uint8)
+    as_drawn, mask = apply_occluder(grey, kind, np.random.default_rng(11))
+    matched, matched_mask = apply_occluder(grey, kind, np.random.default_rng(11), match_grayscale=True)
+    hidden = mask == 0
+    # the same occluder in the same place; only its colour goes
+    np.testing.assert_array_equal(mask, matched_mask)
+    np.testing.assert_array_equal(matched[~hidden], grey[~hidden])
+    assert is_grayscale(matched)
+    # grey is the occluder's luma (BT.601): within rounding, more only where a channel saturated at 0 or 255
+    luma = as_drawn[hidden].astype(float) @ np.array([0.299, 0.587, 0.114])
+    error = np.abs(matched[hidden][:, 0] - luma)
+    assert error.mean() <= 0.6 and error.max() <= 4.0
+    # a colour face keeps the coloured occluder
+    on_colour, _ = apply_occluder(colour, kind, np.random.default_rng(11), match_grayscale=True)
+    np.testing.assert_array_equal(on_colour, apply_occluder(colour, kind, np.random.default_rng(11))[0])
