@@ -55,11 +55,13 @@ case $table in
             [REAL_N_img]="occlusion.weighting=none $image_head $real"
             [REAL_V_img]="occlusion.weighting=covisible $image_head $real"
         ) ;;
-    recipe)  # the full real_faces_dev recipe (40 epochs, crop/photometric 0.5, AlignmentJitter 0.5), table 6
+    recipe)  # the full real_faces_dev recipe (40 epochs, crop/photometric 0.5, AlignmentJitter 0.5, grey occluders), table 6
+        colour="data.train.transform.augmentations.0.match_grayscale=false val.occluder_match_grayscale=false"
         configs=(
             [REAL40_N2]="occlusion.weighting=none $image_head2 $no_erase experiment=real_faces_dev"
-            [REAL40_N2_nojitter]="occlusion.weighting=none $image_head2 $no_erase experiment=real_faces_dev data.train.transform.augmentations.1.prob=0.0"
             [REAL40_ET2]="occlusion.weighting=none $image_head2 $erase val.erase=own experiment=real_faces_dev"
+            [REAL40_N2_colour]="occlusion.weighting=none $image_head2 $no_erase experiment=real_faces_dev $colour"
+            [REAL40_N2_colour_nojitter]="occlusion.weighting=none $image_head2 $no_erase experiment=real_faces_dev $colour data.train.transform.augmentations.1.prob=0.0"
         ) ;;
     *) echo "unknown table $table (head | matching | erase | real | recipe)" >&2; exit 2 ;;
 esac
@@ -77,6 +79,8 @@ for seed in $seeds; do
         [[ $name == *ET2* && ! -e "$pair_dir/metrics.json" ]] || continue
         val=()
         [[ $name == REAL* ]] && val=(val.bin=../shared/realfaces/test/lfw_dev.bin val.cache_dir=outputs/val_cache)
+        # the recipe's occluded twin has grey occluders (experiment=real_faces_dev); evaluate's default is coloured
+        [[ $name == REAL40_* && $name != *_colour* ]] && val+=(val.occluder_match_grayscale=true)
         .venv/bin/python -m oaml.evaluate "${val[@]}" ckpt="$dir/checkpoints/last.ckpt" val.erase=pair \
             hydra.run.dir="$pair_dir" print_metrics=false
     done
