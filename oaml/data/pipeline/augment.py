@@ -114,6 +114,13 @@ def check_pair(image: torch.Tensor, visibility: torch.Tensor, who: str) -> None:
         )
 
 
+def _check_probability(who: str, name: str, value: float) -> float:
+    """``value`` as a float, or a ValueError naming the augmentation and its argument."""
+    if not 0.0 <= float(value) <= 1.0:
+        raise ValueError(f"{who} {name} must be a probability in [0, 1], got {value}")
+    return float(value)
+
+
 def _describe(value: object) -> str:
     if isinstance(value, torch.Tensor):
         return f"{value.dtype} {list(value.shape)}"
@@ -200,16 +207,9 @@ class AdaFaceAugment:
         flip: bool = True,
         seed: int = 0,
     ) -> None:
-        for name, value in (
-            ("crop_prob", crop_prob),
-            ("low_res_prob", low_res_prob),
-            ("photometric_prob", photometric_prob),
-        ):
-            if not 0.0 <= float(value) <= 1.0:
-                raise ValueError(f"AdaFaceAugment {name} must be a probability in [0, 1], got {value}")
-        self.crop_prob = float(crop_prob)
-        self.low_res_prob = float(low_res_prob)
-        self.photometric_prob = float(photometric_prob)
+        self.crop_prob = _check_probability("AdaFaceAugment", "crop_prob", crop_prob)
+        self.low_res_prob = _check_probability("AdaFaceAugment", "low_res_prob", low_res_prob)
+        self.photometric_prob = _check_probability("AdaFaceAugment", "photometric_prob", photometric_prob)
         self.flip = bool(flip)
         self._rng = WorkerSeededGenerator(seed, "AdaFaceAugment")
 
@@ -279,8 +279,6 @@ class AlignmentJitter:
         max_shift: float = 0.06,
         seed: int = 0,
     ) -> None:
-        if not 0.0 <= float(prob) <= 1.0:
-            raise ValueError(f"AlignmentJitter prob must be a probability in [0, 1], got {prob}")
         if not 0.0 <= float(max_scale) < 1.0:
             raise ValueError(
                 f"AlignmentJitter max_scale must be in [0, 1) (scale 1 +- max_scale), got {max_scale}"
@@ -291,7 +289,7 @@ class AlignmentJitter:
             )
         if float(max_rotation) < 0.0:
             raise ValueError(f"AlignmentJitter max_rotation must be >= 0 degrees, got {max_rotation}")
-        self.prob = float(prob)
+        self.prob = _check_probability("AlignmentJitter", "prob", prob)
         self.max_rotation = float(max_rotation)
         self.max_scale = float(max_scale)
         self.max_shift = float(max_shift)
