@@ -18,7 +18,7 @@ from oaml.data.pipeline.datamodule import OAMLDataModule
 from oaml.data.pipeline.val_sets import build_mask_val_sets, build_val_sets
 from oaml.errors import report_user_errors
 from oaml.paths import CONF_DIR
-from oaml.training.build import model_from_checkpoint
+from oaml.training.build import inherit_val_protocol, model_from_checkpoint
 from oaml.training.checkpoint import load_checkpoint
 from oaml.training.launch_env import prepare_launch
 from oaml.training.report import print_metrics_table, write_metrics_json
@@ -32,6 +32,7 @@ def evaluate(cfg: DictConfig) -> dict[str, float]:
     checkpoint = load_checkpoint(cfg.ckpt, trusted=cfg.trusted)
     with open_dict(cfg):  # the val sets are built for the input size the checkpoint was trained on
         cfg.backbone.input_size = checkpoint["oaml"]["backbone"]["input_size"]
+        inherit_val_protocol(cfg.val, checkpoint)  # the occluded twins the run validated on
     datamodule = OAMLDataModule(
         val_sets=build_val_sets(cfg.val, seed=cfg.val.seed, image_size=cfg.backbone.input_size),
         mask_val_sets=build_mask_val_sets(cfg.val),

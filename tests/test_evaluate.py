@@ -2,14 +2,19 @@
 
 from __future__ import annotations
 
+import io
 import json
+import pickle
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+import torch
 from conftest import REPO, compose_evaluate_config
+from PIL import Image
 
+from oaml.data.synthetic.datasets import SyntheticPairs
 from oaml.evaluate import evaluate
 from oaml.train import train
 
@@ -91,3 +96,48 @@ def test_weighting_override_changes_only_the_visibility_aware_qaconv_score(
             assert weighted[f"val/{name}/{score}_threshold"] == as_trained[f"val/{name}/{score}_threshold"]
     with pytest.raises(ValueError, match="weighting='products' is not a QAConv weighting"):
         evaluate(_evaluate_config(ckpt, tmp_path / "bad", "weighting=products"))
+
+
+def _grey_bin(path: Path, num_pairs: int = 20) -> Path:
+    """An InsightFace-style .bin of grey faces (PNG-encoded, pickled (images, issame)) like ../shared/realfaces'."""
+    pairs = SyntheticPairs(num_pairs=num_pairs, num_identities=8, seed=3)
+    encoded = []
+    for index in range(len(pairs)):
+        image = pairs[index][0].permute(1, 2, 0).numpy()
+        buffer = io.BytesIO()
+        Image.fromarray(image).convert("L").convert("RGB").save(buffer, format="PNG")
+        encoded.append(buffer.getvalue())
+    path.write_bytes(pickle.dumps((encoded, [bool(flag) for flag in pairs.issame]), protocol=2))
+    return path
+
+
+def test_evaluate_scores_the_occluded_twins_the_run_validated_on(tiny_train_config, tmp_path: Path) -> None:
+    # A run on grey faces with grey occluders in its occluded twin (as experiment=real_faces_dev): evaluation
+    # must score the same twin without being told again, and the command line must still be able to change it.
+    grey = _grey_bin(tmp_path / "grey.bin")
+    val = [f"val.bin={grey}", f"val.cache_dir={tmp_path / 'cache'}", "data.val_batch_size=40"]
+    trained = train(
+        tiny_train_config(
+            *val, "val.occluder_match_grayscale=true", "print_metrics=false", run_dir=tmp_path / "t"
+        )
+    )
+    ckpt = tmp_path / "t" / "checkpoints" / "last.ckpt"
+    assert torch.load(ckpt, weights_only=False)["oaml"]["val_protocol"] == {"occluder_match_grayscale": True}
+    overrides = [*val, "data.num_workers=0", "print_metrics=false"]
+    inherited = evaluate(compose_evaluate_config(ckpt, tmp_path / "inherited", overrides))
+    assert inherited == pytest.approx({k: v for k, v in trained.items() if k.startswith("val/")}, abs=1e-6)
+    coloured = evaluate(
+        compose_evaluate_config(
+            ckpt, tmp_path / "coloured", [*overrides, "val.occluder_match_grayscale=false"]
+        )
+    )
+    # Same pairs, same clean faces: only the occluders' colour differs, so only the occluded twin's scores move.
+    for key, value in inherited.items():
+        if key.startswith("val/grey/"):
+            assert coloured[key] == pytest.approx(value, abs=1e-6), key
+    moved = [
+        k
+        for k, v in inherited.items()
+        if k.startswith("val/grey_occluded/") and coloured[k] != pytest.approx(v)
+    ]
+    assert "val/grey_occluded/occ_mse" in moved or "val/grey_occluded/occ_iou" in moved, moved

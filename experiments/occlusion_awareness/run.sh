@@ -79,7 +79,7 @@ for seed in $seeds; do
         [[ $name == *ET2* && ! -e "$pair_dir/metrics.json" ]] || continue
         val=()
         [[ $name == REAL* ]] && val=(val.bin=../shared/realfaces/test/lfw_dev.bin val.cache_dir=outputs/val_cache)
-        # the recipe's occluded twin has grey occluders (experiment=real_faces_dev); evaluate's default is coloured
+        # the recipe's occluded twin has grey occluders; said explicitly for checkpoints older than their stored protocol
         [[ $name == REAL40_* && $name != *_colour* ]] && val+=(val.occluder_match_grayscale=true)
         .venv/bin/python -m oaml.evaluate "${val[@]}" ckpt="$dir/checkpoints/last.ckpt" val.erase=pair \
             hydra.run.dir="$pair_dir" print_metrics=false

@@ -101,8 +101,37 @@ def build_model(
             "matcher": OmegaConf.to_container(cfg.matcher, resolve=True),
             "num_classes": num_classes,
             "channel_order": cfg.data.channel_order,
+            "val_protocol": val_protocol(cfg.val),
         },
     )
+
+
+# Keys of ``val`` that define how the occluded twins of a verification set are drawn. A checkpoint keeps the
+# values its run validated with, so ``python -m oaml.evaluate`` scores the same twins unless told otherwise.
+VAL_PROTOCOL_DEFAULTS: dict[str, Any] = {"occluder_match_grayscale": False}
+
+
+def val_protocol(val_cfg: Any) -> dict[str, Any]:
+    """The occluded-twin protocol of a training run's ``val`` config, for its checkpoints."""
+    return {key: bool(val_cfg.get(key, default)) for key, default in VAL_PROTOCOL_DEFAULTS.items()}
+
+
+def inherit_val_protocol(val_cfg: DictConfig, checkpoint: Mapping[str, Any]) -> dict[str, Any]:
+    """Fill the protocol keys left null in an evaluation's ``val`` from the checkpoint's training run.
+
+    Without this, scoring a model trained with grey occluders on grey faces (``real_faces_dev``) needed
+    ``val.occluder_match_grayscale=true`` repeated on the command line, and forgetting it silently scored a
+    different occluded twin than training had validated on. A value given on the command line wins;
+    checkpoints written before the protocol was stored get the defaults. Returns the values in force.
+    """
+    trained = (checkpoint.get("oaml") or {}).get("val_protocol") or {}
+    in_force = {}
+    for key, default in VAL_PROTOCOL_DEFAULTS.items():
+        if val_cfg.get(key) is None:
+            val_cfg[key] = trained.get(key, default)
+            log.info("val.%s=%s (from the checkpoint's training run)", key, val_cfg[key])
+        in_force[key] = val_cfg[key]
+    return in_force
 
 
 def loss_weights_from_config(loss_cfg: Any) -> dict[str, float]:
