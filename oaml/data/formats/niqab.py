@@ -28,7 +28,7 @@ from oaml.data.formats.decode import (
     load_mask,
     to_chw_tensor,
 )
-from oaml.data.pipeline.augment import WorkerSeededGenerator
+from oaml.data.item_rng import WorkerSeededGenerator
 from oaml.errors import ConfigError, DataError, MissingFileError
 
 __all__ = ["NiqabMaskDataset", "split_names"]

@@ -23,8 +23,6 @@ instead.
 from __future__ import annotations
 
 import math
-import os
-import zlib
 from collections.abc import Callable, Mapping, Sequence
 
 import numpy as np
@@ -32,7 +30,7 @@ import torch
 import torchvision.transforms.v2.functional as TF
 from PIL import Image
 
-from oaml.data.pipeline.item_keys import current_item_entropy
+from oaml.data.item_rng import WorkerSeededGenerator
 from oaml.data.synthetic.occluders import RandomOccluder
 
 __all__ = [
@@ -40,7 +38,6 @@ __all__ = [
     "AlignmentJitter",
     "Chain",
     "OccluderAugment",
-    "WorkerSeededGenerator",
     "check_pair",
 ]
 
@@ -48,50 +45,6 @@ Augmentation = Callable[[torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.
 
 # PIL filters standing in for the OpenCV ones AdaFace draws from (nearest, linear, area, cubic, Lanczos).
 _LOW_RES_FILTERS = (Image.NEAREST, Image.BILINEAR, Image.BOX, Image.BICUBIC, Image.LANCZOS)
-
-
-def _distributed_rank() -> int:
-    if torch.distributed.is_available() and torch.distributed.is_initialized():
-        return torch.distributed.get_rank()
-    return int(os.environ.get("RANK", "0"))
-
-
-class WorkerSeededGenerator:
-    """A numpy Generator for one augmentation: per training item, else per process.
-
-    Inside a keyed fetch (`oaml.data.pipeline.item_keys.current_item_entropy()` is set) it is a fresh
-    generator seeded from the item's key, the rank, `seed` and `salt`, kept for the rest of that item.
-    Otherwise it is re-created whenever the process or torch's initial seed changes: a DataLoader worker is a
-    new process whose `torch.initial_seed()` is base_seed + worker_id, with a fresh base_seed each epoch; the
-    main process's initial seed is the run's seed. Mixing in the rank keeps DDP ranks (which share the run's
-    seed) apart, and `salt` keeps two augmentations of the same worker apart.
-    The generator is not pickled: a worker never starts from the parent's state.
-    """
-
-    def __init__(self, seed: int, salt: str) -> None:
-        self.seed = int(seed)
-        self._salt = zlib.crc32(salt.encode())
-        self._generator: np.random.Generator | None = None
-        self._owner: tuple[object, ...] | None = None
-
-    def __call__(self) -> np.random.Generator:
-        item = current_item_entropy()
-        if item is not None:
-            owner: tuple[object, ...] = ("item", os.getpid(), *item)
-            if self._generator is None or self._owner != owner:
-                entropy = [*item, _distributed_rank(), self.seed & 0xFFFFFFFFFFFFFFFF, self._salt]
-                self._generator = np.random.default_rng(np.random.SeedSequence(entropy))
-                self._owner = owner
-            return self._generator
-        owner = (os.getpid(), torch.initial_seed())
-        if self._generator is None or self._owner != owner:
-            entropy = [owner[1] & 0xFFFFFFFFFFFFFFFF, _distributed_rank(), self.seed, self._salt]
-            self._generator = np.random.default_rng(np.random.SeedSequence(entropy))
-            self._owner = owner
-        return self._generator
-
-    def __getstate__(self) -> dict[str, object]:
-        return {"seed": self.seed, "_salt": self._salt, "_generator": None, "_owner": None}
 
 
 def check_pair(image: torch.Tensor, visibility: torch.Tensor, who: str) -> None:

@@ -12,7 +12,7 @@ Two things made a resumed run differ from an uninterrupted one (issue 13):
 Here every training item is fetched by a key ``(index, entropy)`` where ``entropy`` is
 ``(stream, epoch, pass, batch, position)``: which loader, which epoch, which pass over a cycled loader, which
 batch of the pass, which slot of the batch. ``KeyedItems`` sets that entropy as the *current item* while the
-dataset builds the item, and ``oaml.data.pipeline.augment.WorkerSeededGenerator`` seeds from it. An item's
+dataset builds the item, and ``oaml.data.item_rng.WorkerSeededGenerator`` seeds from it. An item's
 randomness is then a pure function of its place in the run, in any process, with any number of workers, after
 any resume.
 ``KeyedBatches`` also carries the mid-epoch resume (skip the batches trained before the checkpoint) for any
@@ -22,31 +22,13 @@ batch sampler, and sets the resumed epoch before Lightning's early iterator is m
 from __future__ import annotations
 
 from collections.abc import Iterator
-from contextlib import contextmanager
 from typing import Any
 
 from torch.utils.data import Dataset, Sampler
 
-Entropy = tuple[int, ...]
+from oaml.data.item_rng import Entropy, item_entropy
+
 Key = tuple[int, Entropy]
-
-_current_item: Entropy | None = None
-
-
-def current_item_entropy() -> Entropy | None:
-    """The entropy of the item being built in this process (None outside a keyed fetch)."""
-    return _current_item
-
-
-@contextmanager
-def item_entropy(entropy: Entropy | None) -> Iterator[None]:
-    """Make ``entropy`` the current item's while the block runs (nested uses restore the outer one)."""
-    global _current_item
-    outer, _current_item = _current_item, entropy
-    try:
-        yield
-    finally:
-        _current_item = outer
 
 
 class KeyedItems(Dataset):
