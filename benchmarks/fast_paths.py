@@ -35,6 +35,7 @@ def main() -> None:
     parser.add_argument("--warmup", type=int, default=2)
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--threads", type=int, default=None)
+    # Options combine with "+", e.g. bf16+channels_last.
     parser.add_argument("--options", nargs="+", default=["plain", "channels_last", "compile", "bf16"])
     args = parser.parse_args()
     warnings.filterwarnings("ignore", message=".*self.log.*")
@@ -47,10 +48,14 @@ def main() -> None:
     batch = make_batch(args.batch, 0, device)
     cases, first_step = {}, {}
     for option in args.options:
+        parts = set(option.split("+"))
+        unknown = parts - {"plain", "channels_last", "compile", "bf16"}
+        if unknown:
+            parser.error(f"unknown option(s) {sorted(unknown)} in {option!r}")
         model = copy.deepcopy(base)
-        apply_fast_paths(model.backbone, channels_last=option == "channels_last", compile=option == "compile")
+        apply_fast_paths(model.backbone, channels_last="channels_last" in parts, compile="compile" in parts)
         optimizer = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9, weight_decay=5e-4)
-        step = Stepper(model, batch, optimizer, torch.bfloat16 if option == "bf16" else None, None)
+        step = Stepper(model, batch, optimizer, torch.bfloat16 if "bf16" in parts else None, None)
         synchronize(device)
         start = time.perf_counter()
         step()  # the compiled copy compiles here
