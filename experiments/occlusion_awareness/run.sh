@@ -4,7 +4,7 @@
 # default recipe (ir_nano, synthetic faces, 300 steps, validation on the same 600 + 600 held-out pairs,
 # val.seed 0) with the overrides of its configuration; `real_*` configurations use experiment=real_faces_dev
 # (LFW faces of ../shared/realfaces, validation on lfw_dev.bin and its occluded twin) for 20 epochs.
-# Usage: run.sh TABLE [SEEDS...]     TABLE: head | matching | erase | real | recipe   (default seeds: 42 1 7)
+# Usage: run.sh TABLE [SEEDS...]     TABLE: head | matching | erase | real | recipe | recipe54   (default seeds: 42 1 7)
 # Erasing runs (ET2*) are also scored with both faces of a pair erased where either is hidden (val.erase=pair):
 # `python -m oaml.evaluate` of their last.ckpt into ROOT/<config>_pair_s<seed>/.
 # Then:  python experiments/occlusion_awareness/table.py outputs/oa --configs ...   (see README.md)
@@ -55,15 +55,23 @@ case $table in
             [REAL_N_img]="occlusion.weighting=none $image_head $real"
             [REAL_V_img]="occlusion.weighting=covisible $image_head $real"
         ) ;;
-    recipe)  # the full real_faces_dev recipe (40 epochs, crop/photometric 0.5, AlignmentJitter 0.5, grey occluders), table 6
+    recipe)  # the real_faces_dev recipe at 40 epochs (crop/photometric 0.5, AlignmentJitter 0.5, grey occluders), table 6
         colour="data.train.transform.augmentations.0.match_grayscale=false val.occluder_match_grayscale=false"
+        r40="experiment=real_faces_dev trainer.max_epochs=40 optimizer.lr_scheduler.milestones=[26,35] loss.adaface=0.1"
         configs=(
-            [REAL40_N2]="occlusion.weighting=none $image_head2 $no_erase experiment=real_faces_dev"
-            [REAL40_ET2]="occlusion.weighting=none $image_head2 $erase val.erase=own experiment=real_faces_dev"
-            [REAL40_N2_colour]="occlusion.weighting=none $image_head2 $no_erase experiment=real_faces_dev $colour"
-            [REAL40_N2_colour_nojitter]="occlusion.weighting=none $image_head2 $no_erase experiment=real_faces_dev $colour data.train.transform.augmentations.1.prob=0.0"
+            [REAL40_N2]="occlusion.weighting=none $image_head2 $no_erase $r40"
+            [REAL40_ET2]="occlusion.weighting=none $image_head2 $erase val.erase=own $r40"
+            [REAL40_N2_colour]="occlusion.weighting=none $image_head2 $no_erase $r40 $colour"
+            [REAL40_N2_colour_nojitter]="occlusion.weighting=none $image_head2 $no_erase $r40 $colour data.train.transform.augmentations.1.prob=0.0"
         ) ;;
-    *) echo "unknown table $table (head | matching | erase | real | recipe)" >&2; exit 2 ;;
+    recipe54)  # table 7: AdaFace's loss weight at 40 epochs, and 54 epochs (what 30 minutes alone on 2 cores allow)
+        r40="experiment=real_faces_dev trainer.max_epochs=40 optimizer.lr_scheduler.milestones=[26,35]"
+        r54="experiment=real_faces_dev trainer.max_epochs=54 optimizer.lr_scheduler.milestones=[36,47] model.channels_last=true"
+        configs=(
+            [REAL40_N2_ada1]="occlusion.weighting=none $image_head2 $no_erase $r40 loss.adaface=1.0"
+            [REAL54_N2]="occlusion.weighting=none $image_head2 $no_erase $r54 loss.adaface=0.1"
+        ) ;;
+    *) echo "unknown table $table (head | matching | erase | real | recipe | recipe54)" >&2; exit 2 ;;
 esac
 for seed in $seeds; do
     for name in "${!configs[@]}"; do
