@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import json
+import logging
 import pickle
 import subprocess
 import sys
@@ -12,11 +13,13 @@ from pathlib import Path
 import pytest
 import torch
 from conftest import REPO, compose_evaluate_config
+from omegaconf import OmegaConf
 from PIL import Image
 
 from oaml.data.synthetic.datasets import SyntheticPairs
 from oaml.evaluate import evaluate
 from oaml.train import train
+from oaml.training.build import inherit_val_protocol
 
 VAL_OVERRIDES = [
     "val.sets.synthetic.num_pairs=40",
@@ -141,3 +144,18 @@ def test_evaluate_scores_the_occluded_twins_the_run_validated_on(tiny_train_conf
         if k.startswith("val/grey_occluded/") and coloured[k] != pytest.approx(v)
     ]
     assert "val/grey_occluded/occ_mse" in moved or "val/grey_occluded/occ_iou" in moved, moved
+
+
+def test_val_protocol_comes_from_the_checkpoint_unless_given(caplog) -> None:
+    stored = {"oaml": {"val_protocol": {"occluder_match_grayscale": True}}}
+    val = OmegaConf.create({"occluder_match_grayscale": None})
+    assert inherit_val_protocol(val, stored) == {"occluder_match_grayscale": True}
+    assert val.occluder_match_grayscale is True
+    # the command line wins over the checkpoint
+    forced = OmegaConf.create({"occluder_match_grayscale": False})
+    assert inherit_val_protocol(forced, stored) == {"occluder_match_grayscale": False}
+    # an older checkpoint without the protocol: the default, and a warning naming the key to give
+    old = OmegaConf.create({"occluder_match_grayscale": None})
+    with caplog.at_level(logging.WARNING, logger="oaml.training.build"):
+        assert inherit_val_protocol(old, {"oaml": {}}) == {"occluder_match_grayscale": False}
+    assert "val.occluder_match_grayscale" in caplog.text and "older OAML" in caplog.text

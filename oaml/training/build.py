@@ -128,8 +128,18 @@ def inherit_val_protocol(val_cfg: DictConfig, checkpoint: Mapping[str, Any]) -> 
     in_force = {}
     for key, default in VAL_PROTOCOL_DEFAULTS.items():
         if val_cfg.get(key) is None:
-            val_cfg[key] = trained.get(key, default)
-            log.info("val.%s=%s (from the checkpoint's training run)", key, val_cfg[key])
+            if key in trained:
+                val_cfg[key] = trained[key]
+                log.info("val.%s=%s (from the checkpoint's training run)", key, val_cfg[key])
+            else:
+                val_cfg[key] = default
+                log.warning(
+                    "the checkpoint does not say which val.%s its run validated with (written by an older OAML): "
+                    "using %s; give val.%s=... to score the twins that run saw",
+                    key,
+                    default,
+                    key,
+                )
         in_force[key] = val_cfg[key]
     return in_force
 
