@@ -24,6 +24,8 @@ from train_step import Stepper, make_batch
 from oaml.training.build import build_model
 from oaml.training.fast_paths import apply_fast_paths
 
+OPTIONS = ("plain", "channels_last", "compile", "bf16")
+
 
 def main() -> None:
     parser = argparse.ArgumentParser(
@@ -36,7 +38,7 @@ def main() -> None:
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--threads", type=int, default=None)
     # Options combine with "+", e.g. bf16+channels_last.
-    parser.add_argument("--options", nargs="+", default=["plain", "channels_last", "compile", "bf16"])
+    parser.add_argument("--options", nargs="+", default=list(OPTIONS))
     args = parser.parse_args()
     warnings.filterwarnings("ignore", message=".*self.log.*")
     if args.threads:
@@ -49,7 +51,7 @@ def main() -> None:
     cases, first_step = {}, {}
     for option in args.options:
         parts = set(option.split("+"))
-        unknown = parts - {"plain", "channels_last", "compile", "bf16"}
+        unknown = parts - set(OPTIONS)
         if unknown:
             parser.error(f"unknown option(s) {sorted(unknown)} in {option!r}")
         model = copy.deepcopy(base)

@@ -22,24 +22,24 @@ import numpy as np
 import torch
 from test_time_masks import study_model, study_val_pairs  # this folder's script (on sys.path when run as one)
 
-from oaml.data.formats.verification import BinVerificationDataset
 from oaml.data.pipeline.normalize import normalize_faces
-from oaml.data.pipeline.occluded_pairs import OccludedPairs
+from oaml.data.pipeline.val_sets import build_val_sets
 from oaml.evaluation.metrics import verification_report
-from oaml.evaluation.scoring import embed_faces
+from oaml.evaluation.scoring import embed_faces, score_pairs, split_pairs
 
 WEIGHTS = (0.0, 0.3, 0.4, 0.5, 0.6, 0.7, 1.0)
 POWERS = (0, 1, 2, 4)
 
 
 def real_pairs(root: str, cache_dir: str) -> dict[str, tuple[torch.Tensor, np.ndarray]]:
-    """lfw_dev's clean pairs and its occluded twin with grey occluders (experiment=real_faces_dev's protocol)."""
-    clean = BinVerificationDataset(f"{root}/test/lfw_dev.bin", 112, cache_dir=cache_dir)
-    twin = OccludedPairs(clean, seed=0, match_grayscale=True)
-    issame = np.asarray(clean.issame)
+    """lfw_dev's clean pairs and its occluded twin with grey occluders (experiment=real_faces_dev's protocol),
+    built by the same function as the run's validation sets."""
+    val_cfg = {"bin": f"{root}/test/lfw_dev.bin", "cache_dir": cache_dir, "occluder_match_grayscale": True}
+    sets = build_val_sets(val_cfg, seed=0)
+    issame = np.asarray(sets["lfw_dev"].issame)
     return {
         name: (normalize_faces(torch.stack([ds[i][0] for i in range(len(ds))])), issame)
-        for name, ds in (("clean", clean), ("occluded", twin))
+        for name, ds in (("clean", sets["lfw_dev"]), ("occluded", sets["lfw_dev_occluded"]))
     }
 
 
@@ -55,11 +55,13 @@ def synthetic_pairs() -> dict[str, tuple[torch.Tensor, np.ndarray]]:
 def scan(checkpoint: str, sets: dict[str, tuple[torch.Tensor, np.ndarray]]) -> None:
     model = study_model(checkpoint)
     for name, (images, issame) in sets.items():
-        faces = embed_faces(model.backbone, images)
-        cosine = (faces.embedding[0::2] * faces.embedding[1::2]).sum(1)
-        qaconv = model.matcher.pair_scores(faces.feature_maps[0::2], faces.feature_maps[1::2])
-        visible = faces.visibility.flatten(1).mean(1)
-        pair_visible = torch.minimum(visible[0::2], visible[1::2])
+        first, second = split_pairs(embed_faces(model.backbone, images))
+        # the validation scorer's own scores (QAConv in the mode the model was trained with)
+        scores = score_pairs(first, second, model.matcher, model.fusion, model.score_norm)
+        cosine, qaconv = scores["adaface"], scores["qaconv"]
+        pair_visible = torch.minimum(
+            first.visibility.flatten(1).mean(1), second.visibility.flatten(1).mean(1)
+        )
         z_ada = model.score_norm.normalize("adaface", cosine)
         z_qa = model.score_norm.normalize("qaconv", qaconv)
 
