@@ -50,6 +50,7 @@ class OAMLDataModule(pl.LightningDataModule):
         mask_clean_fraction: float = 0.2,
         num_instances: int = 4,
         epoch_size: str = "identities",
+        identity_weighting: float = 0.0,
         val_batch_size: int = 128,
         num_workers: int = 2,
         channel_order: str = "rgb",
@@ -82,6 +83,7 @@ class OAMLDataModule(pl.LightningDataModule):
         self.batch_size = batch_size
         self.num_instances = num_instances
         self.epoch_size = epoch_size
+        self.identity_weighting = identity_weighting
         self.val_batch_size = val_batch_size
         if not isinstance(num_workers, int) or num_workers < 0:
             raise ConfigError(
@@ -102,7 +104,13 @@ class OAMLDataModule(pl.LightningDataModule):
         if train is not None:
             # The batch shape against the data, before any model is built (again per rank at fit time).
             IdentityBalancedBatchSampler(
-                train.labels, batch_size, num_instances, num_replicas=1, rank=0, epoch_size=epoch_size
+                train.labels,
+                batch_size,
+                num_instances,
+                num_replicas=1,
+                rank=0,
+                epoch_size=epoch_size,
+                identity_weighting=identity_weighting,
             )
 
     @property
@@ -172,6 +180,7 @@ class OAMLDataModule(pl.LightningDataModule):
             num_replicas=world_size,
             rank=rank,
             epoch_size=self.epoch_size,
+            identity_weighting=self.identity_weighting,
         )
         # Keyed items: augmentation depends on the item's place in the run, not on a worker's history.
         main_batches = KeyedBatches(sampler, stream=0)

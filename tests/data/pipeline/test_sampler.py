@@ -171,3 +171,42 @@ def test_lightning_reaches_set_epoch_through_the_loader() -> None:
     epoch0 = list(sampler)
     _set_sampler_epoch(loader, 3)
     assert sampler.epoch == 3 and list(sampler) != epoch0
+
+
+def test_identity_weighting_draws_identities_in_proportion_to_their_images() -> None:
+    # A long tail like LFW's: 30 identities with 2 images, 3 with 40. Dealt uniformly, a large identity is drawn
+    # as often as a small one (each of its images a twentieth as often); weighted by images, its images are
+    # drawn about as often as the small ones'.
+    labels = np.repeat(np.arange(33), [2] * 30 + [40] * 3)
+    draws: dict[float, Counter] = {}
+    for weighting in (0.0, 1.0):
+        sampler = IdentityBalancedBatchSampler(
+            labels, 8, 2, seed=0, epoch_size="images", identity_weighting=weighting
+        )
+        counts: Counter = Counter()
+        for epoch in range(20):
+            sampler.set_epoch(epoch)
+            for batch in sampler:
+                per_id = Counter(labels[batch].tolist())
+                assert len(per_id) == 4 and set(per_id.values()) == {2}  # P distinct identities x K
+                counts.update(per_id.keys())
+        draws[weighting] = counts
+    large = lambda c: np.mean([c[i] for i in (30, 31, 32)])  # noqa: E731
+    small = lambda c: np.mean([c[i] for i in range(30)])  # noqa: E731
+    assert 0.8 < large(draws[0.0]) / small(draws[0.0]) < 1.25
+    # Image share 40:2 = 20; sampling P=4 without replacement caps the largest a little below it.
+    assert 8 < large(draws[1.0]) / small(draws[1.0]) < 21
+
+
+def test_identity_weighting_is_seeded_and_checked() -> None:
+    labels = make_labels()
+    a, b = (IdentityBalancedBatchSampler(labels, 8, 2, seed=4, identity_weighting=0.5) for _ in range(2))
+    assert list(a) == list(b)
+    b.set_epoch(1)
+    assert list(a) != list(b)
+    # weighting 0 is today's dealing, batch for batch
+    dealt = IdentityBalancedBatchSampler(labels, 8, 2, seed=4)
+    assert list(IdentityBalancedBatchSampler(labels, 8, 2, seed=4, identity_weighting=0)) == list(dealt)
+    for bad in (-1.0, float("nan"), float("inf"), "images", True):
+        with pytest.raises(ValueError, match="data.identity_weighting"):
+            IdentityBalancedBatchSampler(labels, 8, 2, identity_weighting=bad)
