@@ -17,6 +17,7 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
+from oaml.data.pipeline.val_sets import VAL_PROTOCOL_DEFAULTS
 from oaml.errors import ConfigError, MissingFileError
 from oaml.losses import OcclusionLoss, PairwiseMatchingLoss
 from oaml.models import AdaFace, load_adaface_state
@@ -106,14 +107,10 @@ def build_model(
     )
 
 
-# Keys of ``val`` that define how the occluded twins of a verification set are drawn. A checkpoint keeps the
-# values its run validated with, so ``python -m oaml.evaluate`` scores the same twins unless told otherwise.
-VAL_PROTOCOL_DEFAULTS: dict[str, Any] = {"occluder_match_grayscale": False}
-
-
 def val_protocol(val_cfg: Any) -> dict[str, Any]:
     """The occluded-twin protocol of a training run's ``val`` config, for its checkpoints."""
-    return {key: bool(val_cfg.get(key, default)) for key, default in VAL_PROTOCOL_DEFAULTS.items()}
+    values = {key: val_cfg.get(key) for key in VAL_PROTOCOL_DEFAULTS}
+    return {key: bool(VAL_PROTOCOL_DEFAULTS[key] if v is None else v) for key, v in values.items()}
 
 
 def inherit_val_protocol(val_cfg: DictConfig, checkpoint: Mapping[str, Any]) -> dict[str, Any]:

@@ -15,6 +15,11 @@ from oaml.data.formats.verification import BinVerificationDataset, PairListDatas
 from oaml.data.pipeline.occluded_pairs import OccludedPairs
 from oaml.errors import ConfigError
 
+# Keys of ``val`` that define how the occluded twin of a verification file is drawn, with their defaults. The one
+# home of these defaults: training stores the values in force in its checkpoints (``oaml.training.build``), so
+# ``python -m oaml.evaluate`` scores the same twins unless told otherwise.
+VAL_PROTOCOL_DEFAULTS: dict[str, Any] = {"occluder_match_grayscale": False}
+
 
 def build_val_sets(val_cfg: Mapping[str, Any], seed: int = 0, image_size: int = 112) -> dict[str, Dataset]:
     pairs, bin_file = val_cfg.get("pairs"), val_cfg.get("bin")
@@ -28,7 +33,10 @@ def build_val_sets(val_cfg: Mapping[str, Any], seed: int = 0, image_size: int = 
     else:
         clean = BinVerificationDataset(bin_file, image_size, cache_dir=val_cfg.get("cache_dir"))
     name = Path(pairs or bin_file).stem
-    match_grayscale = bool(val_cfg.get("occluder_match_grayscale", False))
+    match_grayscale = val_cfg.get("occluder_match_grayscale")
+    if match_grayscale is None:
+        match_grayscale = VAL_PROTOCOL_DEFAULTS["occluder_match_grayscale"]
+    match_grayscale = bool(match_grayscale)
     return {name: clean, f"{name}_occluded": OccludedPairs(clean, seed=seed, match_grayscale=match_grayscale)}
 
 
