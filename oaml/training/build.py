@@ -17,7 +17,7 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
-from oaml.data.pipeline.val_sets import VAL_PROTOCOL_DEFAULTS
+from oaml.data.pipeline.val_sets import VAL_PROTOCOL_DEFAULTS, val_protocol
 from oaml.errors import ConfigError, MissingFileError
 from oaml.losses import OcclusionLoss, PairwiseMatchingLoss
 from oaml.models import AdaFace, load_adaface_state
@@ -105,12 +105,6 @@ def build_model(
             "val_protocol": val_protocol(cfg.val),
         },
     )
-
-
-def val_protocol(val_cfg: Any) -> dict[str, Any]:
-    """The occluded-twin protocol of a training run's ``val`` config, for its checkpoints."""
-    values = {key: val_cfg.get(key) for key in VAL_PROTOCOL_DEFAULTS}
-    return {key: bool(VAL_PROTOCOL_DEFAULTS[key] if v is None else v) for key, v in values.items()}
 
 
 def inherit_val_protocol(val_cfg: DictConfig, checkpoint: Mapping[str, Any]) -> dict[str, Any]:

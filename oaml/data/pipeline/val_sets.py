@@ -33,11 +33,14 @@ def build_val_sets(val_cfg: Mapping[str, Any], seed: int = 0, image_size: int = 
     else:
         clean = BinVerificationDataset(bin_file, image_size, cache_dir=val_cfg.get("cache_dir"))
     name = Path(pairs or bin_file).stem
-    match_grayscale = val_cfg.get("occluder_match_grayscale")
-    if match_grayscale is None:
-        match_grayscale = VAL_PROTOCOL_DEFAULTS["occluder_match_grayscale"]
-    match_grayscale = bool(match_grayscale)
+    match_grayscale = val_protocol(val_cfg)["occluder_match_grayscale"]
     return {name: clean, f"{name}_occluded": OccludedPairs(clean, seed=seed, match_grayscale=match_grayscale)}
+
+
+def val_protocol(val_cfg: Mapping[str, Any]) -> dict[str, bool]:
+    """The occluded-twin protocol in force for a ``val`` config: each key's value, its default where unset or null."""
+    values = {key: val_cfg.get(key) for key in VAL_PROTOCOL_DEFAULTS}
+    return {key: bool(VAL_PROTOCOL_DEFAULTS[key] if v is None else v) for key, v in values.items()}
 
 
 def build_mask_val_sets(val_cfg: Mapping[str, Any]) -> dict[str, Dataset]:
