@@ -8,12 +8,13 @@ those config nodes (``checkpoint["oaml"]``), so evaluation and export rebuild ex
 
 from __future__ import annotations
 
+import inspect
 import logging
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from hydra.utils import instantiate
+from hydra.utils import get_object, instantiate
 from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
@@ -85,7 +86,7 @@ def build_model(
         occlusion_loss=instantiate(cfg.loss.occlusion_loss),
         loss_weights=loss_weights,
         optimizer=instantiate(opt.optimizer),
-        lr_scheduler=instantiate(opt.lr_scheduler) if opt.get("lr_scheduler") else None,
+        lr_scheduler=scheduler_factory(opt.lr_scheduler) if opt.get("lr_scheduler") else None,
         scheduler_interval=opt.get("scheduler_interval", "epoch"),
         head_lr=opt.get("head_lr"),
         detach_visibility=cfg.occlusion.detach_visibility,
@@ -105,6 +106,28 @@ def build_model(
             "val_protocol": val_protocol(cfg.val),
         },
     )
+
+
+def scheduler_factory(node: DictConfig) -> Any:
+    """``optimizer.lr_scheduler`` instantiated, after refusing keys its target does not take.
+
+    Config groups compose: an experiment that sets the SGD schedule's ``milestones`` still sets them when the
+    command line swaps in ``optimizer=adamw``, whose warmup-cosine has none. Without this check the run would
+    die in ``configure_optimizers`` with a bare TypeError; here the error names the key and how to drop it.
+    """
+    target = get_object(node._target_)
+    parameters = inspect.signature(target).parameters.values()
+    if not any(p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters):
+        accepted = {p.name for p in parameters}
+        unknown = [key for key in node if not str(key).startswith("_") and key not in accepted]
+        if unknown:
+            keys = ", ".join(f"optimizer.lr_scheduler.{key}" for key in unknown)
+            drops = " ".join(f"~optimizer.lr_scheduler.{key}" for key in unknown)
+            raise ConfigError(
+                f"{keys} is not a parameter of {node._target_} (set by another config group, e.g. an "
+                f"experiment's schedule for a different optimizer): drop it with `{drops}`"
+            )
+    return instantiate(node)
 
 
 def inherit_val_protocol(val_cfg: DictConfig, checkpoint: Mapping[str, Any]) -> dict[str, Any]:

@@ -12,6 +12,7 @@ from lightning.pytorch import Callback
 from torch import nn
 from torch.optim.optimizer import register_optimizer_step_post_hook
 
+from oaml.errors import ConfigError
 from oaml.train import train
 from oaml.training.build import build_model
 from oaml.training.module import split_weight_decay
@@ -175,3 +176,16 @@ def test_gradient_clipping_by_config(tiny_train_config, tmp_path, steps) -> None
     steps.grad_norms.clear()
     train(tiny_train_config("trainer.gradient_clip_val=1.0", run_dir=tmp_path / "clipped"))
     assert len(steps.grad_norms) == 3 and max(steps.grad_norms) <= 1.0 + 1e-4
+
+
+def test_a_schedule_key_its_scheduler_does_not_take_is_refused_by_name(tiny_train_config) -> None:
+    # The real-face experiment sets SGD milestones; swapping in AdamW's warmup-cosine keeps them. The error
+    # must name the key and the override that drops it, before any training starts.
+    cfg = tiny_train_config("optimizer=adamw", "+optimizer.lr_scheduler.milestones=[26,35]")
+    with pytest.raises(
+        ConfigError, match=r"optimizer\.lr_scheduler\.milestones.*~optimizer\.lr_scheduler\.milestones"
+    ):
+        build_model(cfg, num_classes=12, val_set_names=[])
+    # Dropped as the message says, the same config builds and its schedule follows warmup-cosine.
+    model = build_model(tiny_train_config("optimizer=adamw"), num_classes=12, val_set_names=[])
+    assert model.scheduler_factory.func is warmup_cosine
