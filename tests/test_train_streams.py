@@ -130,6 +130,7 @@ def test_a_mask_stream_longer_than_the_main_stream_does_not_repeat_main_batches(
         "data.mask_batch_size=2",
         "masks=niqab",
         f"data.masks.root={exported / 'niqab'}",
+        f"val.pairs={exported / 'pairs' / 'pairs.txt'}",  # 40 pairs, not the 600 + 600 synthetic default
         "trainer.max_steps=-1",
         *_record(tmp_path),
         run_dir=tmp_path / "run",
