@@ -4,7 +4,7 @@
 # default recipe (ir_nano, synthetic faces, 300 steps, validation on the same 600 + 600 held-out pairs,
 # val.seed 0) with the overrides of its configuration; `real_*` configurations use experiment=real_faces_dev
 # (LFW faces of ../shared/realfaces, validation on lfw_dev.bin and its occluded twin) for 20 epochs.
-# Usage: run.sh TABLE [SEEDS...]     TABLE: head | matching | erase | real | recipe | recipe54 | sampling | study   (default seeds: 42 1 7)
+# Usage: run.sh TABLE [SEEDS...]     TABLE: head | matching | erase | real | recipe | recipe54 | sampling | optimiser | study   (default seeds: 42 1 7)
 # Erasing runs (ET2*) are also scored with both faces of a pair erased where either is hidden (val.erase=pair):
 # `python -m oaml.evaluate` of their last.ckpt into ROOT/<config>_pair_s<seed>/.
 # Then:  python experiments/occlusion_awareness/table.py outputs/oa --configs ...   (see README.md)
@@ -78,13 +78,19 @@ case $table in
             [REAL40_N2_w1]="occlusion.weighting=none $image_head2 $no_erase $r40 data.num_instances=4 data.identity_weighting=1.0"
             [REAL40_N2_k8]="occlusion.weighting=none $image_head2 $no_erase $r40 data.num_instances=8 data.identity_weighting=0.0"
         ) ;;
+    optimiser)  # table 10: a lower body lr (heads kept at 0.1) and AdamW (heads at 1e-2) for the 40-epoch real recipe
+        r40="experiment=real_faces_dev trainer.max_epochs=40 loss.adaface=0.1"
+        configs=(
+            [REAL40_N2_lr03]="occlusion.weighting=none $image_head2 $no_erase $r40 optimizer.lr_scheduler.milestones=[26,35] optimizer.optimizer.lr=0.03 optimizer.head_lr=0.1"
+            [REAL40_N2_adamwh]="occlusion.weighting=none $image_head2 $no_erase $r40 optimizer=adamw ~optimizer.lr_scheduler.milestones optimizer.head_lr=0.01"
+        ) ;;
     study)  # table 9: the study budget (24 epochs = 600 steps, drops at 16 and 22) for table 4's N2 and ET2
         s24="trainer.max_epochs=24 optimizer.lr_scheduler.milestones=[16,22] trainer.check_val_every_n_epoch=24"
         configs=(
             [S24_N2]="occlusion.weighting=none $image_head2 $no_erase $s24"
             [S24_ET2]="occlusion.weighting=none $image_head2 $erase val.erase=own $s24"
         ) ;;
-    *) echo "unknown table $table (head | matching | erase | real | recipe | recipe54 | sampling | study)" >&2; exit 2 ;;
+    *) echo "unknown table $table (head | matching | erase | real | recipe | recipe54 | sampling | optimiser | study)" >&2; exit 2 ;;
 esac
 for seed in $seeds; do
     for name in "${!configs[@]}"; do
