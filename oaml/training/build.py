@@ -85,8 +85,12 @@ def build_model(
         matching_loss=instantiate(cfg.loss.matching),
         occlusion_loss=instantiate(cfg.loss.occlusion_loss),
         loss_weights=loss_weights,
-        optimizer=instantiate(opt.optimizer),
-        lr_scheduler=scheduler_factory(opt.lr_scheduler) if opt.get("lr_scheduler") else None,
+        optimizer=instantiate_checked(opt.optimizer, "optimizer.optimizer"),
+        lr_scheduler=(
+            instantiate_checked(opt.lr_scheduler, "optimizer.lr_scheduler")
+            if opt.get("lr_scheduler")
+            else None
+        ),
         scheduler_interval=opt.get("scheduler_interval", "epoch"),
         head_lr=opt.get("head_lr"),
         detach_visibility=cfg.occlusion.detach_visibility,
@@ -108,12 +112,13 @@ def build_model(
     )
 
 
-def scheduler_factory(node: DictConfig) -> Any:
-    """``optimizer.lr_scheduler`` instantiated, after refusing keys its target does not take.
+def instantiate_checked(node: DictConfig, path: str) -> Any:
+    """A config node instantiated, after refusing keys its ``_target_`` does not take, named by ``path``.
 
-    Config groups compose: an experiment that sets the SGD schedule's ``milestones`` still sets them when the
-    command line swaps in ``optimizer=adamw``, whose warmup-cosine has none. Without this check the run would
-    die in ``configure_optimizers`` with a bare TypeError; here the error names the key and how to drop it.
+    Config groups compose: an experiment that sets the SGD schedule's ``milestones`` (or SGD's ``momentum``) still
+    sets them when the command line swaps in ``optimizer=adamw``, whose warmup-cosine (and AdamW) take none.
+    Without this check the run would die in ``configure_optimizers`` with a bare TypeError; here the error names
+    the key and how to drop it.
     """
     target = get_object(node._target_)
     parameters = inspect.signature(target).parameters.values()
@@ -121,11 +126,11 @@ def scheduler_factory(node: DictConfig) -> Any:
         accepted = {p.name for p in parameters}
         unknown = [key for key in node if not str(key).startswith("_") and key not in accepted]
         if unknown:
-            keys = ", ".join(f"optimizer.lr_scheduler.{key}" for key in unknown)
-            drops = " ".join(f"~optimizer.lr_scheduler.{key}" for key in unknown)
+            keys = ", ".join(f"{path}.{key}" for key in unknown)
+            drops = " ".join(f"~{path}.{key}" for key in unknown)
             raise ConfigError(
                 f"{keys} is not a parameter of {node._target_} (set by another config group, e.g. an "
-                f"experiment's schedule for a different optimizer): drop it with `{drops}`"
+                f"experiment's setting for a different optimizer): drop it with `{drops}`"
             )
     return instantiate(node)
 

@@ -180,13 +180,17 @@ def test_gradient_clipping_by_config(tiny_train_config, tmp_path, steps) -> None
     assert len(steps.grad_norms) == 3 and max(steps.grad_norms) <= 1.0 + 1e-4
 
 
-def test_a_schedule_key_its_scheduler_does_not_take_is_refused_by_name(tiny_train_config) -> None:
+def test_a_key_its_optimizer_or_scheduler_does_not_take_is_refused_by_name(tiny_train_config) -> None:
     # The real-face experiment sets SGD milestones; swapping in AdamW's warmup-cosine keeps them. The error
     # must name the key and the override that drops it, before any training starts.
     cfg = tiny_train_config("optimizer=adamw", "+optimizer.lr_scheduler.milestones=[26,35]")
     with pytest.raises(
         ConfigError, match=r"optimizer\.lr_scheduler\.milestones.*~optimizer\.lr_scheduler\.milestones"
     ):
+        build_model(cfg, num_classes=12, val_set_names=[])
+    # The same for the optimizer itself: SGD's momentum left on AdamW.
+    cfg = tiny_train_config("optimizer=adamw", "+optimizer.optimizer.momentum=0.9")
+    with pytest.raises(ConfigError, match=r"optimizer\.optimizer\.momentum.*~optimizer\.optimizer\.momentum"):
         build_model(cfg, num_classes=12, val_set_names=[])
     # Dropped as the message says, the same config builds and its schedule follows warmup-cosine.
     model = build_model(tiny_train_config("optimizer=adamw"), num_classes=12, val_set_names=[])
